@@ -1,0 +1,443 @@
+"""The copyscan command line: parses arguments, calls ``detector``, prints. No engine logic."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import click
+
+from detector import __version__
+from detector.config import Settings, settings_table
+from detector.errors import CopyscanError
+
+EXIT_MATCH = 0
+EXIT_NO_MATCH = 1
+EXIT_ERROR = 2
+
+
+@dataclass
+class App:
+    """What the group options give every command."""
+
+    db: str
+    quiet: bool
+    settings: Settings
+    _models: Any = field(default=None, repr=False)
+
+    def open_store(self, create: bool = False) -> Any:
+        from detector.embedding import embedder_id
+        from detector.hashing import HASHER_ID
+        from detector.store import Store
+
+        return Store.open(self.db, hasher=HASHER_ID, embedder=embedder_id(self.settings), create=create)
+
+    @property
+    def models(self) -> Any:
+        if self._models is None:
+            from detector.pipeline import Models
+
+            self._models = Models(self.settings)
+        return self._models
+
+    def progress(self, length: int, label: str) -> Any:
+        """A progress bar on stderr (``.update(n)``), only when stderr is a terminal and not
+        --quiet; otherwise a silent stand-in."""
+        if self.quiet or not sys.stderr.isatty():
+            return _no_bar()
+        return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+
+    def say(self, message: str) -> None:
+        """A status line on stderr, unless --quiet."""
+        if not self.quiet:
+            click.echo(message, err=True)
+
+
+class _SilentBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+@contextmanager
+def _no_bar() -> Iterator[_SilentBar]:
+    yield _SilentBar()
+
+
+def _parse_settings(pairs: Sequence[str]) -> Settings:
+    defaults = {name: default for name, default, _ in settings_table()}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in defaults:
+            raise click.BadParameter(
+                f"{pair!r}: expected NAME=VALUE with NAME one of: {', '.join(defaults)}",
+                param_hint="--set",
+            )
+        kind = type(defaults[name]) if defaults[name] is not None else float
+        try:
+            changes[name] = kind(raw)
+        except ValueError as e:
+            raise click.BadParameter(f"{pair!r}: {e}", param_hint="--set") from e
+    return Settings().replace(**changes)
+
+
+@contextmanager
+def _errors_to_click() -> Iterator[None]:
+    """Domain errors become one clear line and exit status 1, never a traceback."""
+    try:
+        yield
+    except CopyscanError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--db",
+    envvar="COPYSCAN_DB",
+    default="copyscan.db",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="SQLite database (also from $COPYSCAN_DB).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or status lines on stderr.")
+@click.option(
+    "--set",
+    "set_",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Change an engine setting; `copyscan settings` lists them.",
+)
+@click.version_option(__version__, prog_name="copyscan")
+@click.pass_context
+def cli(ctx: click.Context, db: str, quiet: bool, set_: tuple[str, ...]) -> None:
+    """copyscan: find copies of catalog images in piles of other images.
+
+    Stage 1 finds candidates by pHash/dHash Hamming distance; stage 2 reranks them by
+    CNN-embedding cosine and gives each a score in [0, 1] and a verdict.
+    """
+    ctx.obj = App(db=db, quiet=quiet, settings=_parse_settings(set_))
+
+
+@cli.command()
+def settings() -> None:
+    """List the engine settings with their defaults (change them with --set NAME=VALUE)."""
+    for name, default, help_text in settings_table():
+        click.echo(f"{name:<26} {default!s:<12} {help_text}")
+
+
+# --- catalog ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def catalog() -> None:
+    """Manage the catalog of protected images."""
+
+
+@catalog.command("add")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--owner", help="Rights holder recorded with these images.")
+@click.pass_obj
+def catalog_add(app: App, paths: tuple[str, ...], owner: str | None) -> None:
+    """Index image files, folders (recursively) or list files (.txt/.lst, one path a line).
+
+    Content already in the catalog is skipped, so a killed run can simply be rerun.
+    Unusable images are reported on stderr; the run goes on.
+    """
+    from detector.cataloging import add_to_catalog
+    from detector.sources import expand_sources
+
+    started = time.perf_counter()
+    counts: Counter[str] = Counter()
+    with _errors_to_click(), app.open_store(create=True) as store:
+        files = expand_sources(paths)
+        with app.progress(len(files), "indexing") as bar:
+            for result in add_to_catalog(store, app.models, files, app.settings, owner=owner):
+                bar.update(1)
+                counts[result.status] += 1
+                if result.error:
+                    click.echo(f"error: {result.path}: {result.error}", err=True)
+    elapsed = time.perf_counter() - started
+    click.echo(f"added {counts['added']}, already in catalog {counts['known']}, errors {counts['error']}")
+    app.say(f"{len(files)} files in {elapsed:.1f} s ({len(files) / max(elapsed, 1e-9):.1f} images/s)")
+
+
+@catalog.command("list")
+@click.option("--owner", help="Only this owner's images.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+@click.pass_obj
+def catalog_list(app: App, owner: str | None, fmt: str) -> None:
+    """List catalog images: id, owner, size, pHash, path."""
+    with _errors_to_click(), app.open_store() as store:
+        for e in store.list_catalog(owner=owner):
+            if fmt == "jsonl":
+                click.echo(
+                    json.dumps(
+                        {
+                            "id": e.id,
+                            "path": e.path,
+                            "owner": e.owner,
+                            "width": e.width,
+                            "height": e.height,
+                            "sha256": e.sha256,
+                            "phash": f"{e.phash:016x}",
+                            "dhash": f"{e.dhash:016x}",
+                            "added_at": e.added_at,
+                        }
+                    )
+                )
+            else:
+                size = f"{e.width}x{e.height}"
+                click.echo(f"{e.id:>6}  {e.owner or '-':<16} {size:>11}  {e.phash:016x}  {e.path}")
+
+
+@catalog.command("stats")
+@click.pass_obj
+def catalog_stats(app: App) -> None:
+    """Counts of the catalog: images, owners, runs, database size and identities."""
+    with _errors_to_click(), app.open_store() as store:
+        s = store.stats()
+    click.echo(f"database        {app.db} ({s.file_bytes / 1e6:.1f} MB, schema v{s.schema_version})")
+    click.echo(f"catalog images  {s.images}")
+    click.echo(f"scan runs       {s.runs}")
+    click.echo(f"hasher          {s.hasher}")
+    click.echo(f"embedder        {s.embedder}")
+    for owner, n in s.owners.items():
+        click.echo(f"owner           {owner or '(none)'}: {n}")
+
+
+@catalog.command("remove")
+@click.argument("targets", nargs=-1)
+@click.option("--owner", help="Remove every image of this owner.")
+@click.pass_obj
+def catalog_remove(app: App, targets: tuple[str, ...], owner: str | None) -> None:
+    """Remove catalog images by id or by stored path, or all of one --owner."""
+    if not targets and owner is None:
+        raise click.UsageError("name ids or paths to remove, or --owner")
+    ids = [int(t) for t in targets if t.isdigit()]
+    paths = [t for t in targets if not t.isdigit()]
+    with _errors_to_click(), app.open_store() as store:
+        n = store.remove_catalog(ids=ids, paths=paths, owner=owner)
+    click.echo(f"removed {n}")
+
+
+# --- scan / check / dedupe ------------------------------------------------------------------
+
+
+def _scan_settings(app: App, top_k: int | None, min_score: float | None) -> Settings:
+    changes: dict[str, Any] = {}
+    if top_k is not None:
+        changes["top_k"] = top_k
+    if min_score is not None:
+        changes["min_score"] = min_score
+    return app.settings.replace(**changes)
+
+
+class _Writer:
+    """Writes scan results in one format to one stream."""
+
+    def __init__(self, fmt: str, out: IO[str]) -> None:
+        from detector import report
+
+        self.fmt = fmt
+        self.out = out
+        self.report = report
+        self.csv = csv.writer(out) if fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(report.CSV_COLUMNS)
+
+    def write(self, result: Any) -> None:
+        if self.fmt == "jsonl":
+            self.out.write(json.dumps(self.report.scan_record(result), ensure_ascii=False) + "\n")
+        elif self.csv is not None:
+            self.csv.writerows(self.report.csv_rows(result))
+        else:
+            self.out.write("\n".join(self.report.table_lines(result)) + "\n")
+        self.out.flush()
+
+
+def _scan_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option(
+                "--format",
+                "fmt",
+                type=click.Choice(["jsonl", "csv", "table"]),
+                default="table",
+                show_default=True,
+                help="Output format on stdout.",
+            ),
+            click.option("--top-k", type=click.IntRange(min=1), help="Most matches per image [default: 5]."),
+            click.option(
+                "--min-score",
+                type=click.FloatRange(0, 1),
+                help="Lowest score listed; 0 lists every reranked candidate "
+                "[default: the near-duplicate threshold].",
+            ),
+            click.option(
+                "--mode",
+                type=click.Choice(["fast", "thorough"]),
+                default="fast",
+                show_default=True,
+                help="fast: CNN only where stage 1 found candidates; thorough: CNN on every image.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@_scan_options
+@click.option(
+    "--jsonl",
+    "jsonl_path",
+    type=click.Path(dir_okay=False),
+    help="Also write JSON Lines records to this file.",
+)
+@click.pass_obj
+def scan(
+    app: App,
+    paths: tuple[str, ...],
+    fmt: str,
+    top_k: int | None,
+    min_score: float | None,
+    mode: str,
+    jsonl_path: str | None,
+) -> None:
+    """Scan images, folders or list files against the catalog.
+
+    Writes one record per image (also for no match and for errors), matches best first,
+    and records the run in the database. Exit status 0 when the run completed (whatever
+    it found), 1 when it could not run.
+    """
+    from detector import report
+    from detector.scanning import Scanner
+    from detector.sources import expand_sources
+
+    settings = _scan_settings(app, top_k, min_score)
+    started = time.perf_counter()
+    counts: Counter[str] = Counter()
+    with _errors_to_click(), app.open_store() as store:
+        files = expand_sources(paths)
+        scanner = Scanner(store, _models_for(app, settings), settings, mode=mode)
+        run_id = store.start_run(
+            "scan",
+            {
+                "paths": list(paths),
+                "mode": mode,
+                "top_k": settings.top_k,
+                "min_score": settings.reported_min_score,
+                "images": len(files),
+            },
+        )
+        writers = [_Writer(fmt, sys.stdout)]
+        extra = open(jsonl_path, "w", encoding="utf-8") if jsonl_path else None
+        try:
+            if extra is not None:
+                writers.append(_Writer("jsonl", extra))
+            with app.progress(len(files), "scanning") as bar:
+                for result in scanner.scan(files, run_id=run_id):
+                    bar.update(1)
+                    counts[report.outcome(result)] += 1
+                    for w in writers:
+                        w.write(result)
+        finally:
+            if extra is not None:
+                extra.close()
+        store.finish_run(run_id)
+    elapsed = time.perf_counter() - started
+    app.say(
+        f"run {run_id}: {len(files)} images, {counts['copy']} copies, "
+        f"{counts['near-duplicate']} near-duplicates, {counts['no match']} no match, "
+        f"{counts['error']} errors in {elapsed:.1f} s ({len(files) / max(elapsed, 1e-9):.1f} images/s)"
+    )
+
+
+def _models_for(app: App, settings: Settings) -> Any:
+    from detector.pipeline import Models
+
+    return app.models if settings == app.settings else Models(settings)
+
+
+@cli.command()
+@click.argument("image", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), help="Most matches listed [default: 5].")
+@click.option("--min-score", type=click.FloatRange(0, 1), help="Lowest score listed.")
+@click.option("--mode", type=click.Choice(["fast", "thorough"]), default="fast", show_default=True)
+@click.pass_obj
+def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | None, mode: str) -> None:
+    """Check one image against the catalog, moderator style.
+
+    Exit status: 0 a copy or near-duplicate was found, 1 no match, 2 the image or the
+    database could not be used (like grep).
+    """
+    from detector.scanning import Scanner
+
+    settings = _scan_settings(app, top_k, min_score)
+    try:
+        with app.open_store() as store:
+            result = next(Scanner(store, _models_for(app, settings), settings, mode=mode).scan([image]))
+    except CopyscanError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(EXIT_ERROR)
+    _Writer(fmt, sys.stdout).write(result)
+    if result.status == "error":
+        sys.exit(EXIT_ERROR)
+    sys.exit(EXIT_MATCH if result.flagged else EXIT_NO_MATCH)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
+@click.pass_obj
+def dedupe(app: App, paths: tuple[str, ...], fmt: str) -> None:
+    """Find groups of duplicate images inside one collection (no catalog needed)."""
+    from detector.dedupe import find_duplicates
+    from detector.sources import expand_sources
+
+    files = expand_sources(paths)
+    with _errors_to_click(), app.progress(len(files), "reading") as bar:
+        result = find_duplicates(files, app.models, app.settings, progress=bar.update)
+    for path, error in result.errors:
+        click.echo(f"error: {path}: {error}", err=True)
+    for n, group in enumerate(result.groups, 1):
+        if fmt == "jsonl":
+            click.echo(
+                json.dumps(
+                    {
+                        "group": n,
+                        "paths": list(group.paths),
+                        "pairs": [
+                            {
+                                "a": p.a,
+                                "b": p.b,
+                                "hamming": p.hamming,
+                                "cosine": p.cosine,
+                                "score": p.score,
+                                "verdict": p.verdict,
+                            }
+                            for p in group.pairs
+                        ],
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            click.echo(f"group {n} ({len(group.paths)} images)")
+            for path in group.paths:
+                click.echo(f"    {path}")
+    app.say(f"{result.images} images, {len(result.groups)} duplicate groups, {len(result.errors)} errors")
+
+
+def main() -> None:
+    cli(prog_name="copyscan")

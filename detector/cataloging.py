@@ -1,0 +1,76 @@
+"""``catalog add``: index images into the catalog, in batches, one transaction per batch, so
+a killed run keeps every finished batch and a rerun skips what is stored (by content hash)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from .config import Settings
+from .embedding import to_blob
+from .hashing import to_sqlite
+from .pipeline import Models, Prepared, batched, prepare_batch
+from .store import NewCatalogImage, Store
+
+ADDED = "added"
+KNOWN = "known"
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """The outcome for one path: ``status`` is 'added', 'known' (same content already in
+    the catalog) or 'error'."""
+
+    path: str
+    status: str
+    catalog_id: int | None = None
+    error: str | None = None
+
+
+def add_to_catalog(
+    store: Store, models: Models, paths: Sequence[str], settings: Settings, owner: str | None = None
+) -> Iterator[AddResult]:
+    """Index ``paths`` into the catalog; yields one :class:`AddResult` per path, in order."""
+    for batch in batched(paths, settings.batch_size):
+        # Content is looked up per batch so a killed-and-rerun job skips finished work.
+        known: dict[str, int] = {}
+        prepared = prepare_batch(batch, settings, known=partial(_lookup, store, known))
+        fresh = [p for p in prepared if p.ok]
+        # The same content twice in one batch is embedded once.
+        first: dict[str, Prepared] = {}
+        for p in fresh:
+            first.setdefault(p.sha256 or "", p)
+        vecs = models.embed(p.cnn_input for p in first.values())
+        rows = [
+            NewCatalogImage(
+                path=p.path,
+                owner=owner,
+                sha256=p.sha256 or "",
+                width=p.width,
+                height=p.height,
+                phash=to_sqlite(p.codes.phash),
+                dhash=to_sqlite(p.codes.dhash),
+                embedding=to_blob(vec),
+            )
+            for p, vec in zip(first.values(), vecs, strict=True)
+            if p.codes is not None
+        ]
+        ids = dict(zip((r.sha256 for r in rows), store.add_catalog_images(rows), strict=True))
+        seen: set[str] = set()
+        for p in prepared:
+            if p.error is not None:
+                yield AddResult(p.path, ERROR, error=p.error)
+            elif p.skipped:
+                yield AddResult(p.path, KNOWN, catalog_id=known[p.sha256 or ""])
+            else:
+                sha = p.sha256 or ""
+                yield AddResult(p.path, KNOWN if sha in seen else ADDED, catalog_id=ids[sha])
+                seen.add(sha)
+
+
+def _lookup(store: Store, known: dict[str, int], digests: Sequence[str]) -> dict[str, int]:
+    """Record in ``known`` (and return) the catalog ids of content already stored."""
+    known.update(store.known_sha256(digests))
+    return known

@@ -1,0 +1,59 @@
+"""All tunable settings in one declarative table: name, default and help text live together
+and feed both the engine's defaults and the command line's ``--help``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Engine settings. Build with ``Settings()`` or ``Settings().replace(top_k=3)``."""
+
+    # loading
+    max_pixels: int = _setting(64_000_000, "refuse images declaring more pixels (decompression-bomb limit)")
+    max_file_bytes: int = _setting(100_000_000, "refuse files larger than this many bytes")
+    min_side: int = _setting(5, "refuse images whose shorter side is below this many pixels (unhashable)")
+    flat_std: float = _setting(
+        2.0, "refuse images whose grey levels vary less than this std (flat, unhashable)"
+    )
+    # stage 1
+    radius_phash: int = _setting(12, "pHash Hamming radius (bits of 64) for a stage-1 candidate")
+    radius_dhash: int = _setting(12, "dHash Hamming radius (bits of 64) for a stage-1 candidate")
+    max_candidates: int = _setting(50, "most stage-1 candidates handed to stage 2 per query")
+    # stage 2
+    image_size: int = _setting(224, "CNN input side in pixels")
+    gem_p: float = _setting(3.0, "GeM pooling exponent for the embedding")
+    batch_size: int = _setting(32, "images per CNN batch")
+    neighbours: int = _setting(10, "thorough mode: embedding nearest neighbours added as candidates")
+    # scoring
+    cnn_weight: float = _setting(0.7, "weight of the CNN cosine in the score (the rest is stage 1)")
+    cosine_floor: float = _setting(0.5, "cosine mapped to a CNN score of 0")
+    hamming_ceiling: int = _setting(32, "Hamming distance mapped to a stage-1 score of 0")
+    copy_threshold: float = _setting(0.75, "score at or above which the verdict is 'copy'")
+    near_duplicate_threshold: float = _setting(
+        0.55, "score at or above which the verdict is 'near-duplicate'"
+    )
+    # output
+    top_k: int = _setting(5, "most matches reported per query image")
+    min_score: float | None = _setting(None, "lowest score reported (default: the near-duplicate threshold)")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed; unknown names raise ``TypeError``."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def reported_min_score(self) -> float:
+        """The score below which a match is not reported."""
+        return self.near_duplicate_threshold if self.min_score is None else self.min_score
+
+
+def settings_table() -> list[tuple[str, Any, str]]:
+    """``(name, default, help)`` for every setting, in declaration order."""
+    return [(f.name, f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)]

@@ -1,0 +1,192 @@
+"""The one safe loader every stage uses: bytes in, an 8-bit RGB array out, or a clear
+per-image error.
+
+Policy:
+- formats are allow-listed (JPEG, PNG, GIF, WebP, BMP, TIFF); Pillow is told to try only
+  those parsers, so EPS/PDF/FITS/SVG bytes are never parsed, whatever their extension;
+- the pixel count is checked from the header, before any pixel is decoded; untrusted bytes
+  are decoded by Pillow only, after that check (OpenCV only resizes arrays we already hold);
+- animated images (GIF, WebP, APNG): the first frame is used, and ``animated`` says so;
+- EXIF orientation is applied; alpha is composited on a fixed white background;
+- 16-bit, 32-bit and float greyscale are rescaled to 8 bits; palette, CMYK, YCbCr, 1-bit
+  are converted to RGB;
+- images with a side under ``min_side`` pixels or with almost no variation are unhashable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .config import Settings
+from .errors import (
+    CorruptImage,
+    DecompressionBomb,
+    UnhashableImage,
+    UnreadablePath,
+    UnsupportedFormat,
+)
+
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+)
+BACKGROUND_RGB: tuple[int, int, int] = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image ready for every stage.
+
+    ``rgb``: (height, width, 3) uint8, orientation applied, alpha composited.
+    ``sha256``: hex digest of the file's bytes (the content identity used to skip repeats).
+    """
+
+    rgb: np.ndarray
+    sha256: str
+    format: str
+    animated: bool
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+
+def read_bytes(path: str | os.PathLike[str], settings: Settings) -> bytes:
+    """The bytes of a regular file, refusing missing, special and oversized files."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise UnreadablePath(f"cannot read {p}: {e.strerror or e}") from e
+    if not p.is_file():
+        raise UnreadablePath(f"not a regular file: {p}")
+    if st.st_size > settings.max_file_bytes:
+        raise DecompressionBomb(f"file is {st.st_size} bytes, over the limit of {settings.max_file_bytes}")
+    try:
+        with open(p, "rb") as f:
+            return f.read(settings.max_file_bytes + 1)
+    except OSError as e:
+        raise UnreadablePath(f"cannot read {p}: {e.strerror or e}") from e
+
+
+def content_hash(data: bytes) -> str:
+    """Hex sha256 of the bytes: the identity of an image's content."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode(data: bytes, settings: Settings, sha256: str | None = None) -> LoadedImage:
+    """Decode image bytes safely into a :class:`LoadedImage`.
+
+    Raises a subclass of :class:`detector.errors.ImageError` for any bad input.
+    """
+    if len(data) > settings.max_file_bytes:
+        raise DecompressionBomb(f"image is {len(data)} bytes, over the limit of {settings.max_file_bytes}")
+    if not data:
+        raise UnsupportedFormat("empty file")
+    with warnings.catch_warnings():
+        # Pillow's own bomb check is a warning below 2x its limit; ours runs first anyway.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except Image.DecompressionBombError as e:
+            raise DecompressionBomb(str(e)) from e
+        except Image.UnidentifiedImageError as e:
+            raise UnsupportedFormat(
+                "not an image in an allowed format (" + ", ".join(ALLOWED_FORMATS) + ")"
+            ) from e
+        except (OSError, ValueError, SyntaxError) as e:
+            raise CorruptImage(f"unreadable image header: {e}") from e
+        with im:
+            width, height = im.size
+            if width * height > settings.max_pixels:
+                raise DecompressionBomb(
+                    f"{width}x{height} = {width * height} pixels, over the limit of {settings.max_pixels}"
+                )
+            if min(width, height) < settings.min_side:
+                raise UnhashableImage(f"{width}x{height} is smaller than {settings.min_side} px on a side")
+            fmt = im.format or "?"
+            # is_animated looks for a second frame only; n_frames would walk them all.
+            animated = bool(getattr(im, "is_animated", False))
+            try:
+                im.seek(0)
+                im.load()
+                upright: Image.Image = ImageOps.exif_transpose(im) or im
+                rgb = to_rgb(upright)
+            except Image.DecompressionBombError as e:
+                raise DecompressionBomb(str(e)) from e
+            except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+                raise CorruptImage(f"cannot decode {fmt} data: {e}") from e
+    check_hashable(rgb, settings)
+    return LoadedImage(rgb=rgb, sha256=sha256 or content_hash(data), format=fmt, animated=animated)
+
+
+def load_image(path: str | os.PathLike[str], settings: Settings) -> LoadedImage:
+    """Read and decode one image file; see :func:`decode`."""
+    data = read_bytes(path, settings)
+    return decode(data, settings)
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode to a (h, w, 3) uint8 array, alpha composited on ``BACKGROUND_RGB``."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        im = Image.fromarray(_to_8bit(np.asarray(im)), mode="L")
+        mode = "L"
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA")
+    elif mode in ("LA", "La"):
+        im = im.convert("RGBA")
+    elif mode == "RGBa":
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        background = Image.new("RGBA", im.size, (*BACKGROUND_RGB, 255))
+        im = Image.alpha_composite(background, im)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def _to_8bit(a: np.ndarray) -> np.ndarray:
+    """High-bit-depth greyscale to uint8: 16-bit ranges scale by 1/257, anything else by its
+    own range (float images often hold 0..1, 32-bit integers anything)."""
+    a = a.astype(np.float64, copy=False)
+    finite = np.isfinite(a)
+    if not finite.all():
+        a = np.where(finite, a, 0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0 and hi <= 1.0:
+        scaled = a * 255.0
+    elif lo >= 0 and hi <= 65535 and hi > 255:
+        scaled = a / 257.0
+    elif lo >= 0 and hi <= 255:
+        scaled = a
+    else:
+        scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def check_hashable(rgb: np.ndarray, settings: Settings) -> None:
+    """Refuse images too small or too flat to carry a perceptual code."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < settings.min_side:
+        raise UnhashableImage(f"{w}x{h} is smaller than {settings.min_side} px on a side")
+    # A cheap greyscale on a subsample is enough to tell a flat image.
+    step = max(1, int(max(h, w) // 256))
+    sample = rgb[::step, ::step].astype(np.float32)
+    grey = sample @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if float(grey.std()) < settings.flat_std:
+        raise UnhashableImage(
+            f"flat image (grey level std {grey.std():.2f} < {settings.flat_std}): no structure to hash"
+        )

@@ -1,0 +1,105 @@
+"""Stage-2 rerank and the verdict: records for matches and scan results, and the one place
+where stage-1 distance and CNN cosine become a score in [0, 1] and a verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Settings
+from .index import Candidate
+from .store import CatalogEntry
+
+COPY = "copy"
+NEAR_DUPLICATE = "near-duplicate"
+NONE = "none"
+VERDICTS = (COPY, NEAR_DUPLICATE, NONE)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A reranked candidate. ``hamming`` is bits of 64 (the closer of pHash and dHash),
+    ``cosine`` the descriptor similarity in [-1, 1], ``score`` in [0, 1]."""
+
+    catalog_id: int
+    catalog_path: str
+    owner: str | None
+    hamming: int
+    cosine: float
+    score: float
+    verdict: str
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """The outcome for one query image: ``status`` is 'ok' or 'error'; matches best first."""
+
+    query: str
+    status: str
+    error: str | None = None
+    matches: tuple[Match, ...] = ()
+    sha256: str | None = None
+    phash: int | None = None
+    dhash: int | None = None
+    candidates: int = 0
+
+    @property
+    def flagged(self) -> bool:
+        """True when some match is a copy or a near-duplicate."""
+        return any(m.verdict != NONE for m in self.matches)
+
+
+def score(hamming: int, cosine: float, settings: Settings) -> float:
+    """Confidence that a pair is a copy, in [0, 1]: a weighted mean of the stage-1 similarity
+    (1 at distance 0, 0 at ``hamming_ceiling`` bits) and the CNN similarity (0 at
+    ``cosine_floor``, 1 at cosine 1)."""
+    s1 = min(max(1.0 - hamming / settings.hamming_ceiling, 0.0), 1.0)
+    s2 = min(max((cosine - settings.cosine_floor) / (1.0 - settings.cosine_floor), 0.0), 1.0)
+    w = settings.cnn_weight
+    return w * s2 + (1.0 - w) * s1
+
+
+def verdict(value: float, settings: Settings) -> str:
+    """'copy', 'near-duplicate' or 'none' for a score, from the configured thresholds."""
+    if value >= settings.copy_threshold:
+        return COPY
+    if value >= settings.near_duplicate_threshold:
+        return NEAR_DUPLICATE
+    return NONE
+
+
+def rerank(
+    candidates: Sequence[Candidate],
+    query_vec: np.ndarray,
+    catalog_vecs: Mapping[int, np.ndarray],
+    entries: Mapping[int, CatalogEntry],
+    settings: Settings,
+) -> tuple[Match, ...]:
+    """Score candidates by cosine between ``query_vec`` (1280,) and their stored descriptors;
+    keep those at or above the reported minimum score, best first, at most ``top_k``.
+    Candidates whose catalog entry vanished meanwhile are dropped."""
+    matches = []
+    for c in candidates:
+        vec = catalog_vecs.get(c.catalog_id)
+        entry = entries.get(c.catalog_id)
+        if vec is None or entry is None:
+            continue
+        cos = float(np.dot(query_vec, vec))
+        s = round(score(c.hamming, cos, settings), 4)  # the verdict is taken on the shown score
+        if s < settings.reported_min_score:
+            continue
+        matches.append(
+            Match(
+                catalog_id=c.catalog_id,
+                catalog_path=entry.path,
+                owner=entry.owner,
+                hamming=c.hamming,
+                cosine=round(cos, 4),
+                score=s,
+                verdict=verdict(s, settings),
+            )
+        )
+    matches.sort(key=lambda m: (-m.score, m.catalog_id))
+    return tuple(matches[: settings.top_k])

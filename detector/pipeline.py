@@ -1,0 +1,117 @@
+"""The front of the pipeline shared by every command: read bytes, content hash, safe decode,
+stage-1 codes, and the small image stage 2 needs, all from one decode. Also the lazy holder
+that builds the embedder once per process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from .config import Settings
+from .embedding import EMBEDDING_DIM, Embedder, resize_for_cnn
+from .errors import ImageError
+from .hashing import Codes, image_codes
+from .imaging import content_hash, decode, read_bytes
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One input after the front of the pipeline. Exactly one of these holds:
+    ``error`` is set (unusable input), ``skipped`` is True (content already known), or
+    ``codes`` and ``small`` are set. ``small``: (s, s, 3) uint8, the CNN's input size."""
+
+    path: str
+    sha256: str | None = None
+    error: str | None = None
+    skipped: bool = False
+    codes: Codes | None = None
+    small: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.codes is not None
+
+    @property
+    def cnn_input(self) -> np.ndarray:
+        """The CNN-sized image; only for prepared items that are ``ok``."""
+        if self.small is None:
+            raise ValueError(f"{self.path} has no decoded image")
+        return self.small
+
+
+def prepare_batch(
+    paths: Sequence[str],
+    settings: Settings,
+    known: Callable[[Sequence[str]], Container[str]] | None = None,
+) -> list[Prepared]:
+    """Read every path, hash its content, then decode and compute codes for each one whose
+    sha256 is not reported by ``known`` (content already stored is not decoded at all).
+    Bad input gives a Prepared with ``error``, never an exception."""
+    raw: list[tuple[str, bytes | None, str | None, str | None]] = []
+    for path in paths:
+        try:
+            content = read_bytes(path, settings)
+            raw.append((path, content, content_hash(content), None))
+        except ImageError as e:
+            raw.append((path, None, None, _describe(e)))
+    seen: Container[str] = known([r[2] for r in raw if r[2] is not None]) if known else ()
+    out = []
+    for path, data, sha, error in raw:
+        if data is None or sha is None:
+            out.append(Prepared(path=path, error=error))
+        elif sha in seen:
+            out.append(Prepared(path=path, sha256=sha, skipped=True))
+        else:
+            out.append(prepare_bytes(path, data, sha, settings))
+    return out
+
+
+def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings) -> Prepared:
+    """Decode one image's bytes and compute its codes and CNN-sized copy."""
+    try:
+        image = decode(data, settings, sha256=sha)
+        codes = image_codes(image.rgb)
+    except ImageError as e:
+        return Prepared(path=path, sha256=sha, error=_describe(e))
+    # The full-size pixels are dropped here: batches hold only the CNN-sized copy.
+    small = resize_for_cnn(image.rgb, settings.image_size)
+    return Prepared(path=path, sha256=sha, codes=codes, small=small, width=image.width, height=image.height)
+
+
+def _describe(e: ImageError) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Models:
+    """Builds the embedder on first use and keeps it: the weights load once per process."""
+
+    def __init__(self, settings: Settings, factory: Callable[[Settings], Embedder] = Embedder) -> None:
+        self.settings = settings
+        self._factory = factory
+        self._embedder: Embedder | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = self._factory(self.settings)
+        return self._embedder
+
+    def embed(self, images: Iterable[np.ndarray]) -> np.ndarray:
+        """Descriptors of CNN-sized images: (n, 1280) float32 unit vectors."""
+        batch = list(images)
+        if not batch:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        return self.embedder.embed(batch)

@@ -1,0 +1,54 @@
+"""Turning the paths a user names into the list of image files to read.
+
+- a file named directly is kept whatever its extension (the loader judges its bytes);
+- a folder is walked recursively, in sorted order, for files with an image suffix; symlinked
+  folders are not followed, so a symlink loop cannot trap the walk;
+- a file ending in ``.txt``, ``.lst`` or ``.list`` is a list file: one path per line, relative
+  paths taken from the list file's folder, blank lines and ``#`` comments skipped.
+Paths that do not exist are kept, so the run reports them as per-item errors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .imaging import IMAGE_SUFFIXES
+
+LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+
+
+def expand_sources(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Every image path named by ``paths``, each once, in the order given."""
+    return list(dict.fromkeys(_expand(paths)))
+
+
+def _expand(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            yield from _walk(p)
+        elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+            yield from _read_list(p)
+        else:
+            yield str(p)
+
+
+def _walk(root: Path) -> Iterator[str]:
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield os.path.join(folder, name)
+
+
+def _read_list(list_file: Path) -> Iterator[str]:
+    base = list_file.parent
+    with open(list_file, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            p = Path(entry)
+            yield str(p if p.is_absolute() else base / p)
