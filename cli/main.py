@@ -89,6 +89,21 @@ def _parse_settings(pairs: Sequence[str]) -> Settings:
     return Settings().replace(**changes)
 
 
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(App).quiet = True
+
+
+quiet_option = click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_quiet,
+    help="No progress bar or status lines on stderr.",
+)
+
+
 @contextmanager
 def _errors_to_click() -> Iterator[None]:
     """Domain errors become one clear line and exit status 1, never a traceback."""
@@ -142,6 +157,7 @@ def catalog() -> None:
 
 
 @catalog.command("add")
+@quiet_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--owner", help="Rights holder recorded with these images.")
 @click.pass_obj
@@ -295,6 +311,7 @@ def _scan_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cli.command()
+@quiet_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @_scan_options
 @click.option(
@@ -369,6 +386,7 @@ def _models_for(app: App, settings: Settings) -> Any:
 
 
 @cli.command()
+@quiet_option
 @click.argument("image", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), help="Most matches listed [default: 5].")
@@ -397,6 +415,7 @@ def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | 
 
 
 @cli.command()
+@quiet_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
 @click.pass_obj

@@ -3,6 +3,7 @@ a killed run keeps every finished batch and a rerun skips what is stored (by con
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -45,7 +46,7 @@ def add_to_catalog(
         vecs = models.embed(p.cnn_input for p in first.values())
         rows = [
             NewCatalogImage(
-                path=p.path,
+                path=os.path.abspath(p.path),  # reports must find it from any working folder
                 owner=owner,
                 sha256=p.sha256 or "",
                 width=p.width,

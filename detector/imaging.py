@@ -144,11 +144,9 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         im = Image.fromarray(_to_8bit(np.asarray(im)), mode="L")
         mode = "L"
-    if mode == "P" or mode == "PA":
-        im = im.convert("RGBA")
-    elif mode in ("LA", "La"):
-        im = im.convert("RGBA")
-    elif mode == "RGBa":
+    # Palette and colour-key ("transparency" in info, PNG tRNS on L/RGB) transparency both
+    # become real alpha through Pillow's RGBA conversion, then share one composite.
+    if mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode == "RGBA":
         background = Image.new("RGBA", im.size, (*BACKGROUND_RGB, 255))

@@ -1,0 +1,79 @@
+"""Stage 2: the ported EfficientNet-Lite0 weights are right, descriptors are unit length and
+separate copies from other images, and torch stays out of ``import detector``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import skimage.data
+from PIL import Image
+
+from detector.embedding import EMBEDDING_DIM, from_blobs, to_blob
+
+from .conftest import textured
+
+
+def test_chelsea_is_classified_as_a_cat(models):
+    probs = models.embedder.classify(skimage.data.chelsea())
+    assert probs.shape == (1000,)
+    assert int(np.argmax(probs)) in range(281, 286)  # ImageNet's domestic cats
+    assert probs[281:286].sum() > 0.8
+
+
+def test_coffee_is_classified_as_espresso(models):
+    assert int(np.argmax(models.embedder.classify(skimage.data.coffee()))) == 967
+
+
+def test_descriptors_are_unit_length_and_batch_independent(models):
+    images = [textured(s, (224, 224)) for s in range(5)] + [skimage.data.astronaut()]
+    one_by_one = np.stack([models.embed([im])[0] for im in images])
+    together = models.embed(images)
+    assert together.shape == (6, EMBEDDING_DIM) and together.dtype == np.float32
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(one_by_one, together, atol=1e-4)
+
+
+def test_copies_are_closer_than_other_images(models):
+    cat = skimage.data.chelsea()
+    small = np.asarray(Image.fromarray(cat).resize((150, 100), Image.Resampling.BILINEAR))
+    vecs = models.embed([cat, small, skimage.data.coffee(), skimage.data.rocket()])
+    sims = vecs @ vecs[0]
+    assert sims[1] > 0.85
+    assert max(sims[2], sims[3]) < 0.6
+
+
+def test_float16_blob_round_trip(models):
+    vec = models.embed([skimage.data.astronaut()])[0]
+    blob = to_blob(vec)
+    assert len(blob) == 2 * EMBEDDING_DIM
+    back = from_blobs([blob, blob])
+    assert back.shape == (2, EMBEDDING_DIM)
+    assert float(back[0] @ vec) > 0.9999
+
+
+def test_importing_detector_does_not_import_torch():
+    code = (
+        "import sys, detector, detector.scanning, detector.cataloging, detector.dedupe, cli.main;"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_model_loads_once_per_models_holder(settings, monkeypatch):
+    from detector import embedding
+    from detector.pipeline import Models
+
+    built = []
+    real = embedding.Embedder
+
+    def counting(s):
+        built.append(s)
+        return real(s)
+
+    holder = Models(settings, factory=counting)
+    for seed in range(3):
+        holder.embed([textured(seed)])
+    assert len(built) == 1

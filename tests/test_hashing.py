@@ -1,0 +1,82 @@
+"""Stage-1 codes: bit-exact with imagehash on the same decoded image, golden values, packing."""
+
+from __future__ import annotations
+
+import json
+
+import imagehash
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from detector.hashing import (
+    Codes,
+    from_sqlite,
+    hamming,
+    image_codes,
+    pack_bits,
+    to_sqlite,
+    unpack_bits,
+)
+from detector.imaging import load_image
+
+from .conftest import FIXTURES, textured
+
+
+def test_golden_values_of_the_fixture_catalog(settings):
+    golden = json.loads((FIXTURES / "golden_hashes.json").read_text())
+    assert len(golden) == 7
+    for name, expected in golden.items():
+        codes = image_codes(load_image(FIXTURES / "catalog" / name, settings).rgb)
+        assert (codes.phash_hex, codes.dhash_hex) == (expected["phash"], expected["dhash"]), name
+
+
+def test_known_hash_of_chelsea():
+    # imagehash 4.3's values for scikit-image's chelsea (uncompressed, so decoder-independent).
+    codes = image_codes(skimage.data.chelsea())
+    assert (codes.phash_hex, codes.dhash_hex) == ("b15fe6465121175e", "5414589aab6fa785")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_equal_to_imagehash_on_random_images(seed):
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(5, 400, size=2)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if seed % 2 else textured(seed, (int(w), int(h)))
+    codes = image_codes(rgb)
+    im = Image.fromarray(rgb)
+    assert codes.phash_hex == str(imagehash.phash(im))
+    assert codes.dhash_hex == str(imagehash.dhash(im))
+
+
+def test_pack_bits_is_imagehash_hex_and_round_trips():
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 2, (8, 8)).astype(bool)
+    code = pack_bits(bits)
+    assert f"{code:016x}" == str(imagehash.ImageHash(bits))
+    assert np.array_equal(unpack_bits(code), bits)
+    assert pack_bits(np.ones(64, bool)) == 2**64 - 1
+    assert pack_bits(np.eye(1, 64, 0, dtype=bool)) == 1 << 63  # first bit is the top bit
+
+
+def test_sqlite_conversion_keeps_the_top_bit():
+    for code in (0, 1, 2**63 - 1, 2**63, 2**64 - 1, 0xC2924C5532BDDFC8):
+        stored = to_sqlite(code)
+        assert -(2**63) <= stored < 2**63
+        assert from_sqlite(stored) == code
+    assert np.array([to_sqlite(2**64 - 1)], dtype=np.int64).view(np.uint64)[0] == 2**64 - 1
+
+
+def test_hamming_counts_bits():
+    assert hamming(0, 2**64 - 1) == 64
+    assert hamming(0b1011, 0b0001) == 2
+    assert Codes(1, 2).phash_hex == "0000000000000001"
+
+
+def test_resize_and_reencode_stay_close_while_other_images_are_far():
+    base = textured(3, (400, 300))
+    codes = image_codes(base)
+    small = np.asarray(Image.fromarray(base).resize((200, 150), Image.Resampling.BILINEAR))
+    assert hamming(image_codes(small).phash, codes.phash) <= 4
+    others = [hamming(image_codes(textured(s, (400, 300))).phash, codes.phash) for s in range(10, 20)]
+    assert min(others) > 12

@@ -1,0 +1,61 @@
+"""Stage-1 search by Hamming radius, checked against a plain-Python brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.index import Candidate, HammingIndex
+
+
+def _flip(code: int, bits: list[int]) -> int:
+    for b in bits:
+        code ^= 1 << b
+    return code
+
+
+def test_search_matches_brute_force():
+    rng = np.random.default_rng(1)
+    n = 2000
+    phash = rng.integers(0, 2**63, n, dtype=np.int64).view(np.uint64) * np.uint64(2) + np.uint64(1)
+    dhash = rng.integers(0, 2**63, n, dtype=np.int64).view(np.uint64)
+    ids = np.arange(100, 100 + n, dtype=np.int64)
+    index = HammingIndex(ids, phash, dhash)
+    qp = _flip(int(phash[7]), [0, 5, 63])
+    qd = _flip(int(dhash[1500]), [1, 2, 3, 4, 40])
+    got = index.search(qp, qd, radius_phash=6, radius_dhash=6, limit=100)
+    expected = sorted(
+        (
+            (int(p ^ qp).bit_count() + int(d ^ qd).bit_count(), int(i))
+            for i, p, d in zip(ids, phash, dhash, strict=True)
+            if int(p ^ qp).bit_count() <= 6 or int(d ^ qd).bit_count() <= 6
+        )
+    )
+    assert [c.catalog_id for c in got] == [i for _, i in expected]
+    assert {c.catalog_id for c in got} == {107, 1600}
+    first = got[0]
+    assert first == Candidate(107, 3, int(dhash[7] ^ np.uint64(qd)).bit_count())
+    assert first.hamming == 3
+
+
+def test_radius_is_inclusive_and_limit_applies():
+    codes = np.array([0, 0b1, 0b11, 0b111, 0b1111], dtype=np.uint64)
+    far = np.full(5, 2**64 - 1, dtype=np.uint64)
+    index = HammingIndex(np.arange(5), codes, far)
+    assert [c.catalog_id for c in index.search(0, 0, 2, 0, 10)] == [0, 1, 2]
+    assert [c.catalog_id for c in index.search(0, 0, 4, 0, 2)] == [0, 1]
+    assert index.search(2**64 - 1, 0, 0, 0, 10) == []
+
+
+def test_top_bit_codes_and_empty_index():
+    index = HammingIndex(np.array([1]), np.array([2**64 - 1], np.uint64), np.array([2**63], np.uint64))
+    (c,) = index.search(2**64 - 1, 2**63, 0, 0, 5)
+    assert (c.hamming_phash, c.hamming_dhash) == (0, 0)
+    empty = HammingIndex(np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+    assert empty.search(0, 0, 64, 64, 5) == []
+    assert len(empty) == 0
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError):
+        HammingIndex(np.arange(2), np.zeros(3, np.uint64), np.zeros(2, np.uint64))

@@ -1,0 +1,60 @@
+"""Scoring and verdicts: bounds, monotonicity, thresholds from the one settings table."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.config import Settings, settings_table
+from detector.index import Candidate
+from detector.matching import rerank, score, verdict
+from detector.store import CatalogEntry
+
+
+def test_score_is_bounded_and_monotonic(settings):
+    grid = [(h, c) for h in range(0, 65, 4) for c in np.linspace(-1, 1, 21)]
+    values = {(h, c): score(h, c, settings) for h, c in grid}
+    assert all(0.0 <= v <= 1.0 for v in values.values())
+    assert score(0, 1.0, settings) == 1.0
+    assert score(64, 0.0, settings) == 0.0
+    for h, c in grid:
+        if h + 4 <= 64:
+            assert values[(h + 4, c)] <= values[(h, c)]
+    assert score(10, 0.9, settings) > score(10, 0.8, settings)
+
+
+def test_verdict_thresholds(settings):
+    assert verdict(settings.copy_threshold, settings) == "copy"
+    assert verdict(settings.copy_threshold - 1e-6, settings) == "near-duplicate"
+    assert verdict(settings.near_duplicate_threshold, settings) == "near-duplicate"
+    assert verdict(settings.near_duplicate_threshold - 1e-6, settings) == "none"
+    strict = settings.replace(copy_threshold=0.99)
+    assert verdict(0.9, strict) == "near-duplicate"
+
+
+def test_settings_table_feeds_defaults_and_help():
+    table = settings_table()
+    names = [n for n, _, _ in table]
+    assert "copy_threshold" in names and "radius_phash" in names
+    assert all(help_text for _, _, help_text in table)
+    assert dict((n, d) for n, d, _ in table)["top_k"] == Settings().top_k
+
+
+def _entry(i: int) -> CatalogEntry:
+    return CatalogEntry(i, f"/c/{i}.jpg", "acme", "0" * 64, 10, 10, 0, 0, "2026-01-01T00:00:00+00:00")
+
+
+def test_rerank_orders_filters_and_cuts(settings):
+    q = np.zeros(4, np.float32)
+    q[0] = 1
+    vecs = {
+        i: np.array([c, np.sqrt(1 - c * c), 0, 0], np.float32) for i, c in [(1, 0.99), (2, 0.7), (3, 0.2)]
+    }
+    cands = [Candidate(3, 0, 0), Candidate(2, 4, 4), Candidate(1, 2, 2), Candidate(9, 0, 0)]
+    entries = {i: _entry(i) for i in (1, 2, 3)}
+    got = rerank(cands, q, vecs, entries, settings)
+    assert [m.catalog_id for m in got] == [1]  # 2 and 3 score under the near-duplicate line
+    everything = rerank(cands, q, vecs, entries, settings.replace(min_score=0.0))
+    assert [m.catalog_id for m in everything] == [1, 2, 3]  # 9 vanished from the catalog
+    assert [m.score for m in everything] == sorted((m.score for m in everything), reverse=True)
+    assert everything[0].verdict == "copy" and everything[-1].verdict == "none"
+    assert len(rerank(cands, q, vecs, entries, settings.replace(min_score=0.0, top_k=2))) == 2

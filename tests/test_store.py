@@ -1,0 +1,127 @@
+"""Storage: schema and migrations, identity checks, WAL, codes round trip in bulk."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from detector.errors import IncompatibleDatabase, NotFound, SchemaTooNew, StoreError
+from detector.hashing import to_sqlite
+from detector.store import SCHEMA_VERSION, NewCatalogImage, RecordedItem, Store
+
+
+def _open(path, hasher="h1", embedder="e1", create=True):
+    return Store.open(path, hasher=hasher, embedder=embedder, create=create)
+
+
+def _image(i: int, phash: int, owner: str | None = "acme") -> NewCatalogImage:
+    return NewCatalogImage(
+        path=f"/cat/{i}.jpg",
+        owner=owner,
+        sha256=f"{i:064x}",
+        width=10 + i,
+        height=20,
+        phash=to_sqlite(phash),
+        dhash=to_sqlite(phash ^ 0xFF),
+        embedding=bytes([i]) * 2560,
+    )
+
+
+def test_new_database_is_wal_versioned_and_names_its_identities(tmp_path):
+    db = tmp_path / "c.db"
+    with _open(db) as store:
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert dict(store.conn.execute("SELECT key, value FROM meta")) == {"hasher": "h1", "embedder": "e1"}
+        assert {"catalog", "runs", "items", "matches", "meta"} <= set(store.db.table_names())
+
+
+def test_other_hasher_or_embedder_is_refused(tmp_path):
+    db = tmp_path / "c.db"
+    _open(db).close()
+    with pytest.raises(IncompatibleDatabase, match="hasher 'h1'"):
+        _open(db, hasher="h2")
+    with pytest.raises(IncompatibleDatabase, match="embedder 'e1'"):
+        _open(db, embedder="e2")
+    _open(db).close()  # the refusal changed nothing
+
+
+def test_newer_schema_is_refused_and_missing_file_without_create(tmp_path):
+    db = tmp_path / "c.db"
+    _open(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SchemaTooNew):
+        _open(db)
+    with pytest.raises(NotFound):
+        _open(tmp_path / "absent.db", create=False)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_not_a_database_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "bogus.db"
+    bogus.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable copyscan database"):
+        _open(bogus)
+
+
+def test_codes_round_trip_in_bulk_including_the_top_bit(tmp_path):
+    codes = [0, 1, 2**63, 2**64 - 1, 0xC2924C5532BDDFC8]
+    with _open(tmp_path / "c.db") as store:
+        ids = store.add_catalog_images([_image(i, c) for i, c in enumerate(codes)])
+        got_ids, phash, dhash = store.load_codes()
+        assert list(got_ids) == ids
+        assert phash.dtype == np.uint64 and [int(p) for p in phash] == codes
+        assert [int(d) for d in dhash] == [c ^ 0xFF for c in codes]
+        entries = store.catalog_entries(ids)
+        assert entries[ids[3]].phash == 2**64 - 1
+
+
+def test_same_content_is_stored_once(tmp_path):
+    with _open(tmp_path / "c.db") as store:
+        first = store.add_catalog_images([_image(1, 5)])
+        again = store.add_catalog_images([_image(1, 5), _image(2, 6)])
+        assert again[0] == first[0]
+        assert store.stats().images == 2
+        assert store.known_sha256([f"{1:064x}", "nope"]) == {f"{1:064x}": first[0]}
+
+
+def test_remove_by_id_path_and_owner(tmp_path):
+    with _open(tmp_path / "c.db") as store:
+        ids = store.add_catalog_images(
+            [_image(1, 1), _image(2, 2), _image(3, 3, owner="other"), _image(4, 4, owner="other")]
+        )
+        assert store.remove_catalog(ids=[ids[0]]) == 1
+        assert store.remove_catalog(paths=["/cat/2.jpg"]) == 1
+        assert store.remove_catalog(owner="other") == 2
+        assert store.stats().images == 0
+        assert store.remove_catalog(ids=[999]) == 0
+
+
+def test_failed_write_rolls_back(tmp_path):
+    with _open(tmp_path / "c.db") as store:
+        with pytest.raises(RuntimeError), store.write():
+            store.conn.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+            raise RuntimeError("boom")
+        assert store.conn.execute("SELECT count(*) FROM meta WHERE key = 'x'").fetchone()[0] == 0
+
+
+def test_runs_items_and_matches_are_recorded(tmp_path):
+    with _open(tmp_path / "c.db") as store:
+        (cid,) = store.add_catalog_images([_image(1, 1)])
+        run = store.start_run("scan", {"paths": ["a"]})
+        store.record_items(
+            run,
+            [
+                RecordedItem("a.jpg", "s1", "ok", None, 1, 2, ((cid, "/cat/1.jpg", 3, 0.9, 0.8, "copy"),)),
+                RecordedItem("b.jpg", None, "error", "CorruptImage: x", None, None, ()),
+                RecordedItem("c.jpg", "s3", "ok", None, 5, 6, ((cid, "/cat/1.jpg", 9, 0.5, 0.2, "none"),)),
+            ],
+        )
+        store.finish_run(run)
+        row = store.conn.execute("SELECT items, errors, matched, finished_at FROM runs").fetchone()
+        assert row[:3] == (3, 1, 1) and row[3]
+        assert store.stats().runs == 1
