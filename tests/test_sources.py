@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,20 @@ def test_folder_walked_recursively_sorted_images_only(tree: Path) -> None:
         f"{r}/m/two.bmp",
         f"{r}/z/deep/last.webp",
     ]
+
+
+def test_walk_order_is_sorted_not_creation_or_disk_order(tmp_path: Path) -> None:
+    # Many names created in a scrambled order, so directory-listing order cannot pass for sorted.
+    root = tmp_path / "many"
+    names = [f"{c}{i}" for i in range(3) for c in "qwertyuiopasdfghjklzxcvbnm"]
+    scrambled = [names[(7 * k) % len(names)] for k in range(len(names))]
+    assert sorted(scrambled) == sorted(names)
+    for name in scrambled:
+        touch(root / name / "img.png")
+        touch(root / f"{name}.jpg")
+    expected = [str(root / f"{n}.jpg") for n in sorted(names)]
+    expected += [str(root / n / "img.png") for n in sorted(names)]
+    assert expand_sources([root]) == expected
 
 
 def test_folder_named_as_string_with_trailing_slash(tree: Path) -> None:
@@ -161,7 +176,13 @@ def test_symlink_loop_terminates_and_lists_each_file_once(tmp_path: Path) -> Non
     os.symlink(root, root / "loop")
     os.symlink(root, root / "sub" / "back")
     assert (root / "loop" / "loop" / "sub" / "b.jpg").exists()  # the loop is real
-    assert expand_sources([root]) == [str(root / "a.png"), str(root / "sub" / "b.jpg")]
+    # Run in a daemon thread so a walk that follows the loop fails the test instead of hanging it.
+    result: list[list[str]] = []
+    worker = threading.Thread(target=lambda: result.append(expand_sources([root])), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "expand_sources did not terminate on a symlink loop"
+    assert result == [[str(root / "a.png"), str(root / "sub" / "b.jpg")]]
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
