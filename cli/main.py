@@ -345,7 +345,7 @@ def scan(
     counts: Counter[str] = Counter()
     with _errors_to_click(), app.open_store() as store:
         files = expand_sources(paths)
-        scanner = Scanner(store, _models_for(app, settings), settings, mode=mode)
+        scanner = Scanner(store, app.models, settings, mode=mode)
         run_id = store.start_run(
             "scan",
             {
@@ -379,12 +379,6 @@ def scan(
     )
 
 
-def _models_for(app: App, settings: Settings) -> Any:
-    from detector.pipeline import Models
-
-    return app.models if settings == app.settings else Models(settings)
-
-
 @cli.command()
 @quiet_option
 @click.argument("image", type=click.Path())
@@ -404,7 +398,7 @@ def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | 
     settings = _scan_settings(app, top_k, min_score)
     try:
         with app.open_store() as store:
-            result = next(Scanner(store, _models_for(app, settings), settings, mode=mode).scan([image]))
+            result = next(Scanner(store, app.models, settings, mode=mode).scan([image]))
     except CopyscanError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_ERROR)

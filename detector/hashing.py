@@ -11,7 +11,6 @@ import numpy as np
 from PIL import Image
 
 HASHER_ID = "phash64+dhash64:imagehash-4.3-compatible:lanczos:v1"
-HASH_BITS = 64
 _PHASH_SIZE = 32  # imagehash: hash_size 8 * highfreq_factor 4
 _LOW = 8
 

@@ -42,11 +42,6 @@ class HammingIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the index arrays."""
-        return self.ids.nbytes + self.phash.nbytes + self.dhash.nbytes
-
     def distances(self, phash: int, dhash: int) -> tuple[np.ndarray, np.ndarray]:
         """Hamming distances of one query to every code: two (n,) uint8 arrays."""
         dp = np.bitwise_count(self.phash ^ np.uint64(phash))
@@ -61,6 +56,12 @@ class HammingIndex:
         if not len(self):
             return []
         dp, dd = self.distances(phash, dhash)
+        return self.within(dp, dd, radius_phash, radius_dhash, limit)
+
+    def within(
+        self, dp: np.ndarray, dd: np.ndarray, radius_phash: int, radius_dhash: int, limit: int
+    ) -> list[Candidate]:
+        """:meth:`search` on distances already computed by :meth:`distances`."""
         hit = np.flatnonzero((dp <= radius_phash) | (dd <= radius_dhash))
         if not hit.size:
             return []

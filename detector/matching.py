@@ -15,7 +15,6 @@ from .store import CatalogEntry
 COPY = "copy"
 NEAR_DUPLICATE = "near-duplicate"
 NONE = "none"
-VERDICTS = (COPY, NEAR_DUPLICATE, NONE)
 
 
 @dataclass(frozen=True)

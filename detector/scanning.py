@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import Settings
 from .embedding import from_blobs
-from .hashing import Codes, to_sqlite
+from .hashing import to_sqlite
 from .index import Candidate, HammingIndex
 from .matching import ScanResult, rerank
 from .pipeline import Models, Prepared, batched, prepare_batch
@@ -55,24 +55,23 @@ class Scanner:
 
     def _scan_batch(self, prepared: Sequence[Prepared]) -> list[ScanResult]:
         s = self.settings
+        distances: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         candidates: dict[int, list[Candidate]] = {}
         for i, p in enumerate(prepared):
             if p.codes is not None:
-                candidates[i] = self.index.search(
-                    p.codes.phash, p.codes.dhash, s.radius_phash, s.radius_dhash, s.max_candidates
+                distances[i] = self.index.distances(p.codes.phash, p.codes.dhash)
+                candidates[i] = self.index.within(
+                    *distances[i], s.radius_phash, s.radius_dhash, s.max_candidates
                 )
         need_cnn = [i for i, c in candidates.items() if c or self.mode == THOROUGH]
         vecs = dict(zip(need_cnn, self.models.embed(prepared[i].cnn_input for i in need_cnn), strict=True))
         if self._matrix is not None:
             for i in need_cnn:
-                codes = prepared[i].codes
-                if codes is not None:
-                    candidates[i] = self._with_neighbours(codes, candidates[i], vecs[i], self._matrix)
-        wanted = {c.catalog_id for i in need_cnn for c in candidates[i]}
-        blobs = self.store.embedding_blobs(sorted(wanted))
-        catalog_vecs = dict(zip(blobs, from_blobs(list(blobs.values())), strict=True))
-        entries = self.store.catalog_entries(sorted(wanted))
+                candidates[i] = self._with_neighbours(candidates[i], vecs[i], self._matrix, *distances[i])
+        wanted = sorted({c.catalog_id for i in need_cnn for c in candidates[i]})
+        entries = self.store.catalog_entries(wanted)
         results = []
+        catalog_vecs = self._catalog_vectors(wanted)
         for i, p in enumerate(prepared):
             if p.codes is None:
                 results.append(ScanResult(query=p.path, status="error", error=p.error, sha256=p.sha256))
@@ -92,18 +91,27 @@ class Scanner:
             )
         return results
 
+    def _catalog_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Descriptors of the given catalog ids: from the matrix already held in thorough
+        mode, else read from the database."""
+        if self._matrix is not None:
+            rows = np.searchsorted(self.index.ids, ids)  # index ids are in id order
+            return {cid: self._matrix[r] for cid, r in zip(ids, rows, strict=True)}
+        blobs = self.store.embedding_blobs(ids)
+        return dict(zip(blobs, from_blobs(list(blobs.values())), strict=True))
+
     def _with_neighbours(
-        self, codes: Codes, cands: list[Candidate], vec: np.ndarray, matrix: np.ndarray
+        self, cands: list[Candidate], vec: np.ndarray, matrix: np.ndarray, dp: np.ndarray, dd: np.ndarray
     ) -> list[Candidate]:
         """Stage-1 candidates plus the catalog images whose descriptors (rows of ``matrix``,
-        in index order) are nearest to ``vec``, each once."""
+        in index order) are nearest to ``vec``, each once; ``dp``, ``dd`` are the query's
+        Hamming distances to every indexed code."""
         k = min(self.settings.neighbours, len(self.index))
         if k == 0:
             return cands
         sims = matrix @ vec
         nearest = np.argpartition(-sims, k - 1)[:k]
         have = {c.catalog_id for c in cands}
-        dp, dd = self.index.distances(codes.phash, codes.dhash)
         extra = [
             Candidate(int(self.index.ids[j]), int(dp[j]), int(dd[j]))
             for j in nearest
