@@ -83,10 +83,19 @@ def _parse_settings(pairs: Sequence[str]) -> Settings:
             )
         kind = type(defaults[name]) if defaults[name] is not None else float
         try:
-            changes[name] = kind(raw)
+            changes[name] = _as_bool(raw) if kind is bool else kind(raw)
         except ValueError as e:
             raise click.BadParameter(f"{pair!r}: {e}", param_hint="--set") from e
     return Settings().replace(**changes)
+
+
+def _as_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {raw!r}")
 
 
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

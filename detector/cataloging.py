@@ -54,6 +54,11 @@ def add_to_catalog(
                 phash=to_sqlite(p.codes.phash),
                 dhash=to_sqlite(p.codes.dhash),
                 embedding=to_blob(vec),
+                variants=(
+                    (("trim", to_sqlite(p.box_codes.phash), to_sqlite(p.box_codes.dhash)),)
+                    if p.box_codes is not None
+                    else ()
+                ),
             )
             for p, vec in zip(first.values(), vecs, strict=True)
             if p.codes is not None

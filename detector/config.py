@@ -27,6 +27,10 @@ class Settings:
     radius_phash: int = _setting(12, "pHash Hamming radius (bits of 64) for a stage-1 candidate")
     radius_dhash: int = _setting(12, "dHash Hamming radius (bits of 64) for a stage-1 candidate")
     max_candidates: int = _setting(50, "most stage-1 candidates handed to stage 2 per query")
+    dihedral: bool = _setting(True, "also search each query's flips and quarter turns")
+    trim: bool = _setting(
+        True, "cut borders, caption bands and screenshot frames off before hashing and embedding"
+    )
     # stage 2
     image_size: int = _setting(224, "CNN input side in pixels")
     gem_p: float = _setting(3.0, "GeM pooling exponent for the embedding")

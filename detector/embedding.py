@@ -29,7 +29,7 @@ _STD = 128.0
 
 def embedder_id(settings: Settings) -> str:
     """The identity of the descriptor, stored in the database's meta table."""
-    return f"efficientnet-lite0-imagenet:gem{settings.gem_p:g}:{settings.image_size}px:l2:v1"
+    return f"efficientnet-lite0-imagenet:gem{settings.gem_p:g}:{settings.image_size}px:content-box:l2:v2"
 
 
 def weights_path() -> Path:

@@ -10,7 +10,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-HASHER_ID = "phash64+dhash64:imagehash-4.3-compatible:lanczos:v1"
+HASHER_ID = "phash64+dhash64:imagehash-4.3-compatible:lanczos:content-box-variants:v2"
 _PHASH_SIZE = 32  # imagehash: hash_size 8 * highfreq_factor 4
 _LOW = 8
 
@@ -51,24 +51,123 @@ def unpack_bits(code: int) -> np.ndarray:
     return np.unpackbits(raw).astype(bool).reshape(8, 8)
 
 
-def phash_from_grey(grey: Image.Image) -> int:
-    """pHash of a mode-'L' image: 32x32 Lanczos, 2-D DCT, top-left 8x8 above its median."""
+def low_dct(grey: Image.Image) -> np.ndarray:
+    """The 8x8 low-frequency DCT block pHash thresholds: 32x32 Lanczos, then only the
+    frequencies that are used. (8, 8) float64, rows vertical and columns horizontal frequency."""
     pixels = np.asarray(grey.resize((_PHASH_SIZE, _PHASH_SIZE), Image.Resampling.LANCZOS), dtype=np.float64)
     d = _dct_rows(_PHASH_SIZE, _LOW)
-    low = d @ pixels @ d.T  # only the 8x8 low frequencies are ever used
+    return d @ pixels @ d.T
+
+
+def phash_from_low(low: np.ndarray) -> int:
+    """pHash bits from an (8, 8) low-frequency DCT block: each coefficient above the median."""
     return pack_bits(low > np.median(low))
 
 
-def dhash_from_grey(grey: Image.Image) -> int:
-    """dHash of a mode-'L' image: 9x8 Lanczos, each pixel brighter than its left neighbour."""
+def phash_from_grey(grey: Image.Image) -> int:
+    """pHash of a mode-'L' image: 32x32 Lanczos, 2-D DCT, top-left 8x8 above its median."""
+    return phash_from_low(low_dct(grey))
+
+
+def dhash_bits(grey: Image.Image) -> np.ndarray:
+    """dHash bits of a mode-'L' image: 9x8 Lanczos, each pixel brighter than its left
+    neighbour. (8, 8) bool."""
     pixels = np.asarray(grey.resize((_LOW + 1, _LOW), Image.Resampling.LANCZOS), dtype=np.int16)
-    return pack_bits(pixels[:, 1:] > pixels[:, :-1])
+    return pixels[:, 1:] > pixels[:, :-1]
+
+
+def dhash_from_grey(grey: Image.Image) -> int:
+    """dHash of a mode-'L' image as an unsigned 64-bit int."""
+    return pack_bits(dhash_bits(grey))
 
 
 def image_codes(rgb: np.ndarray) -> Codes:
     """pHash and dHash of a (h, w, 3) uint8 RGB array (Pillow's ITU-R 601 luma, as imagehash)."""
     grey = Image.fromarray(rgb, mode="RGB").convert("L")
     return Codes(phash=phash_from_grey(grey), dhash=dhash_from_grey(grey))
+
+
+# The eight flips and quarter turns of an image, as (transpose, mirror columns, mirror rows)
+# applied in that order: np.rot90(img, k) is one of them for every k.
+DIHEDRAL: dict[str, tuple[bool, bool, bool]] = {
+    "identity": (False, False, False),
+    "hflip": (False, True, False),
+    "vflip": (False, False, True),
+    "rot180": (False, True, True),
+    "transpose": (True, False, False),
+    "rot270": (True, True, False),  # np.rot90(img, -1): a quarter turn clockwise
+    "rot90": (True, False, True),  # np.rot90(img, 1): a quarter turn anticlockwise
+    "transverse": (True, True, True),
+}
+
+
+def dihedral_image(a: np.ndarray, name: str) -> np.ndarray:
+    """One of the :data:`DIHEDRAL` transforms of an (h, w, ...) array."""
+    transpose, mirror_cols, mirror_rows = DIHEDRAL[name]
+    if transpose:
+        a = np.swapaxes(a, 0, 1)
+    if mirror_cols:
+        a = a[:, ::-1]
+    if mirror_rows:
+        a = a[::-1]
+    return np.ascontiguousarray(a)
+
+
+def _dihedral_low(low: np.ndarray, name: str) -> np.ndarray:
+    """The DCT block of a transformed image from the block of the original: a transpose
+    transposes it, mirroring negates the odd frequencies along that axis (DCT-II symmetry)."""
+    transpose, mirror_cols, mirror_rows = DIHEDRAL[name]
+    odd = (-1.0) ** np.arange(_LOW)
+    if transpose:
+        low = low.T
+    if mirror_cols:
+        low = low * odd[None, :]
+    if mirror_rows:
+        low = low * odd[:, None]
+    return low
+
+
+def _dihedral_dhash(bits: np.ndarray, name: str) -> np.ndarray | None:
+    """dHash bits of a mirrored image from the original's (ties aside); None for transforms
+    that turn rows into columns, whose horizontal gradients were never measured."""
+    transpose, mirror_cols, mirror_rows = DIHEDRAL[name]
+    if transpose:
+        return None
+    if mirror_cols:
+        bits = ~bits[:, ::-1]  # a left-right mirror reverses each row and every comparison
+    if mirror_rows:
+        bits = bits[::-1]
+    return bits
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One code a query is searched with: ``transform`` names the change to the query
+    (a :data:`DIHEDRAL` name, with ``+trim`` when cut to its content box); ``dhash`` is None
+    where it cannot be derived, and then only the pHash is searched."""
+
+    transform: str
+    phash: int
+    dhash: int | None
+
+
+def dihedral_probes(grey: Image.Image, transforms: tuple[str, ...], suffix: str = "") -> list[Probe]:
+    """Probes for the given dihedral transforms of a mode-'L' image, from one resize and one
+    DCT: every variant's pHash comes from the original's DCT block, and the mirrored variants'
+    dHash from its gradient bits."""
+    low = low_dct(grey)
+    bits = dhash_bits(grey)
+    probes = []
+    for name in transforms:
+        dbits = _dihedral_dhash(bits, name)
+        probes.append(
+            Probe(
+                transform=name + suffix,
+                phash=phash_from_low(_dihedral_low(low, name)),
+                dhash=pack_bits(dbits) if dbits is not None else None,
+            )
+        )
+    return probes
 
 
 def hamming(a: int, b: int) -> int:

@@ -29,6 +29,7 @@ class Match:
     cosine: float
     score: float
     verdict: str
+    transform: str = "identity"
 
 
 @dataclass(frozen=True)
@@ -71,21 +72,22 @@ def verdict(value: float, settings: Settings) -> str:
 
 def rerank(
     candidates: Sequence[Candidate],
-    query_vec: np.ndarray,
+    query_vecs: Mapping[int, np.ndarray],
     catalog_vecs: Mapping[int, np.ndarray],
     entries: Mapping[int, CatalogEntry],
     settings: Settings,
 ) -> tuple[Match, ...]:
-    """Score candidates by cosine between ``query_vec`` (1280,) and their stored descriptors;
-    keep those at or above the reported minimum score, best first, at most ``top_k``.
-    Candidates whose catalog entry vanished meanwhile are dropped."""
+    """Score candidates by cosine between the query's descriptor for each candidate
+    (``query_vecs[catalog_id]``, (1280,), the query turned as its probe matched) and the
+    candidate's stored descriptor; keep those at or above the reported minimum score, best
+    first, at most ``top_k``. Candidates whose catalog entry vanished meanwhile are dropped."""
     matches = []
     for c in candidates:
         vec = catalog_vecs.get(c.catalog_id)
         entry = entries.get(c.catalog_id)
         if vec is None or entry is None:
             continue
-        cos = float(np.dot(query_vec, vec))
+        cos = float(np.dot(query_vecs[c.catalog_id], vec))
         s = round(score(c.hamming, cos, settings), 4)  # the verdict is taken on the shown score
         if s < settings.reported_min_score:
             continue
@@ -98,6 +100,7 @@ def rerank(
                 cosine=round(cos, 4),
                 score=s,
                 verdict=verdict(s, settings),
+                transform=c.transform,
             )
         )
     matches.sort(key=lambda m: (-m.score, m.catalog_id))

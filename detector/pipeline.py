@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 
 from .config import Settings
 from .embedding import EMBEDDING_DIM, Embedder, resize_for_cnn
 from .errors import ImageError
-from .hashing import Codes, image_codes
+from .framing import Box, content_box
+from .hashing import DIHEDRAL, Codes, Probe, dihedral_probes
 from .imaging import content_hash, decode, read_bytes
 
 T = TypeVar("T")
@@ -23,13 +25,18 @@ T = TypeVar("T")
 class Prepared:
     """One input after the front of the pipeline. Exactly one of these holds:
     ``error`` is set (unusable input), ``skipped`` is True (content already known), or
-    ``codes`` and ``small`` are set. ``small``: (s, s, 3) uint8, the CNN's input size."""
+    ``codes`` and ``small`` are set. ``codes`` are the whole image's; ``probes`` every code
+    the image is searched with; ``box`` its content box (None when nothing was cut) and
+    ``box_codes`` that box's codes; ``small``: (s, s, 3) uint8, the CNN's input (of the box)."""
 
     path: str
     sha256: str | None = None
     error: str | None = None
     skipped: bool = False
     codes: Codes | None = None
+    probes: tuple[Probe, ...] = ()
+    box: Box | None = None
+    box_codes: Codes | None = None
     small: np.ndarray | None = None
     width: int = 0
     height: int = 0
@@ -74,15 +81,40 @@ def prepare_batch(
 
 
 def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings) -> Prepared:
-    """Decode one image's bytes and compute its codes and CNN-sized copy."""
+    """Decode one image's bytes and compute its codes, probes and CNN-sized copy."""
     try:
         image = decode(data, settings, sha256=sha)
-        codes = image_codes(image.rgb)
     except ImageError as e:
         return Prepared(path=path, sha256=sha, error=_describe(e))
+    rgb = image.rgb
+    transforms = tuple(DIHEDRAL) if settings.dihedral else ("identity",)
+    probes = dihedral_probes(_grey(rgb), transforms)
+    codes = Codes(probes[0].phash, probes[0].dhash or 0)
+    box = content_box(rgb) if settings.trim else None
+    box_codes = None
+    if box is not None:
+        rgb = box.cut(rgb)
+        box_probes = dihedral_probes(_grey(rgb), transforms, suffix="+trim")
+        box_codes = Codes(box_probes[0].phash, box_probes[0].dhash or 0)
+        probes += box_probes
     # The full-size pixels are dropped here: batches hold only the CNN-sized copy.
-    small = resize_for_cnn(image.rgb, settings.image_size)
-    return Prepared(path=path, sha256=sha, codes=codes, small=small, width=image.width, height=image.height)
+    small = resize_for_cnn(rgb, settings.image_size)
+    return Prepared(
+        path=path,
+        sha256=sha,
+        codes=codes,
+        probes=tuple(probes),
+        box=box,
+        box_codes=box_codes,
+        small=small,
+        width=image.width,
+        height=image.height,
+    )
+
+
+def _grey(rgb: np.ndarray) -> Image.Image:
+    """Pillow's ITU-R 601 luma of an RGB array, as imagehash computes it."""
+    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").convert("L")
 
 
 def _describe(e: ImageError) -> str:

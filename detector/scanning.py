@@ -15,9 +15,9 @@ import numpy as np
 
 from .config import Settings
 from .embedding import from_blobs
-from .hashing import to_sqlite
-from .index import Candidate, HammingIndex
-from .matching import ScanResult, rerank
+from .hashing import dihedral_image, to_sqlite
+from .index import Candidate, HammingIndex, ProbeDistances
+from .matching import Match, ScanResult, rerank
 from .pipeline import Models, Prepared, batched, prepare_batch
 from .store import RecordedItem, Store
 
@@ -38,46 +38,54 @@ class Scanner:
         self.settings = settings
         self.mode = mode
         self._matrix: np.ndarray | None = None
+        self._matrix_ids = np.zeros(0, dtype=np.int64)
         with store.snapshot():  # codes and descriptors from the same catalog state
             self.index = HammingIndex(*store.load_codes())
             if mode == THOROUGH:
-                _, blobs = store.all_embedding_blobs()
+                self._matrix_ids, blobs = store.all_embedding_blobs()
                 self._matrix = from_blobs(blobs)
 
     def scan(self, paths: Sequence[str], run_id: int | None = None) -> Iterator[ScanResult]:
         """One :class:`ScanResult` per path, in order. With ``run_id`` each batch's results
         are stored in the scan history as the batch completes."""
         for batch in batched(paths, self.settings.batch_size):
-            results = self._scan_batch(prepare_batch(batch, self.settings))
+            results = self.scan_prepared(prepare_batch(batch, self.settings))
             if run_id is not None:
                 self.store.record_items(run_id, [_recorded(r) for r in results])
             yield from results
 
-    def _scan_batch(self, prepared: Sequence[Prepared]) -> list[ScanResult]:
+    def scan_prepared(self, prepared: Sequence[Prepared]) -> list[ScanResult]:
+        """Stages 1 and 2 for a batch of prepared queries, one result each, in order."""
         s = self.settings
-        distances: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         candidates: dict[int, list[Candidate]] = {}
+        distances: dict[int, ProbeDistances] = {}
         for i, p in enumerate(prepared):
-            if p.codes is not None:
-                distances[i] = self.index.distances(p.codes.phash, p.codes.dhash)
+            if p.ok:
+                d = self.index.probe_distances(p.probes, s.radius_phash, s.radius_dhash)
+                distances[i] = d
                 candidates[i] = self.index.within(
-                    *distances[i], s.radius_phash, s.radius_dhash, s.max_candidates
+                    d, p.probes, s.radius_phash, s.radius_dhash, s.max_candidates
                 )
         need_cnn = [i for i, c in candidates.items() if c or self.mode == THOROUGH]
-        vecs = dict(zip(need_cnn, self.models.embed(prepared[i].cnn_input for i in need_cnn), strict=True))
+        vecs = self._query_vectors(prepared, need_cnn, candidates, {})
         if self._matrix is not None:
             for i in need_cnn:
-                candidates[i] = self._with_neighbours(candidates[i], vecs[i], self._matrix, *distances[i])
+                vec = vecs[i, "identity"]
+                candidates[i] = self._add_neighbours(candidates[i], vec, prepared[i], distances[i])
+            vecs = self._query_vectors(prepared, need_cnn, candidates, vecs)
         wanted = sorted({c.catalog_id for i in need_cnn for c in candidates[i]})
         entries = self.store.catalog_entries(wanted)
-        results = []
         catalog_vecs = self._catalog_vectors(wanted)
+        results = []
         for i, p in enumerate(prepared):
             if p.codes is None:
                 results.append(ScanResult(query=p.path, status="error", error=p.error, sha256=p.sha256))
                 continue
             cands = candidates[i]
-            matches = rerank(cands, vecs[i], catalog_vecs, entries, s) if i in vecs else ()
+            matches: tuple[Match, ...] = ()
+            if i in need_cnn:
+                query_vecs = {c.catalog_id: vecs[i, _dihedral(c.transform)] for c in cands}
+                matches = rerank(cands, query_vecs, catalog_vecs, entries, s)
             results.append(
                 ScanResult(
                     query=p.path,
@@ -91,33 +99,56 @@ class Scanner:
             )
         return results
 
+    def _query_vectors(
+        self,
+        prepared: Sequence[Prepared],
+        need: Sequence[int],
+        candidates: dict[int, list[Candidate]],
+        have: dict[tuple[int, str], np.ndarray],
+    ) -> dict[tuple[int, str], np.ndarray]:
+        """Descriptors of the queries that need the CNN, keyed by (query, transform): the query
+        as it is, and turned the way its flipped or quarter-turned probes matched, so the CNN
+        compares like with like. Those in ``have`` are kept, not computed again."""
+        jobs: list[tuple[int, str]] = []
+        for i in need:
+            turns = {"identity"} | {_dihedral(c.transform) for c in candidates[i]}
+            jobs.extend((i, t) for t in sorted(turns) if (i, t) not in have)
+        images = (dihedral_image(prepared[i].cnn_input, t) for i, t in jobs)
+        return have | dict(zip(jobs, self.models.embed(images), strict=True))
+
     def _catalog_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Descriptors of the given catalog ids: from the matrix already held in thorough
         mode, else read from the database."""
         if self._matrix is not None:
-            rows = np.searchsorted(self.index.ids, ids)  # index ids are in id order
-            return {cid: self._matrix[r] for cid, r in zip(ids, rows, strict=True)}
+            rows = np.searchsorted(self._matrix_ids, ids)
+            return {
+                cid: self._matrix[r]
+                for cid, r in zip(ids, rows, strict=True)
+                if r < len(self._matrix_ids) and self._matrix_ids[r] == cid
+            }
         blobs = self.store.embedding_blobs(ids)
         return dict(zip(blobs, from_blobs(list(blobs.values())), strict=True))
 
-    def _with_neighbours(
-        self, cands: list[Candidate], vec: np.ndarray, matrix: np.ndarray, dp: np.ndarray, dd: np.ndarray
+    def _add_neighbours(
+        self, cands: list[Candidate], vec: np.ndarray, p: Prepared, d: ProbeDistances
     ) -> list[Candidate]:
-        """Stage-1 candidates plus the catalog images whose descriptors (rows of ``matrix``,
-        in index order) are nearest to ``vec``, each once; ``dp``, ``dd`` are the query's
-        Hamming distances to every indexed code."""
-        k = min(self.settings.neighbours, len(self.index))
+        """Stage-1 candidates plus the catalog images whose descriptors are nearest to
+        ``vec``, each once, with their closest stage-1 distances ``d``."""
+        if self._matrix is None:
+            return cands
+        k = min(self.settings.neighbours, len(self._matrix_ids))
         if k == 0:
             return cands
-        sims = matrix @ vec
+        sims = self._matrix @ vec
         nearest = np.argpartition(-sims, k - 1)[:k]
         have = {c.catalog_id for c in cands}
-        extra = [
-            Candidate(int(self.index.ids[j]), int(dp[j]), int(dd[j]))
-            for j in nearest
-            if int(self.index.ids[j]) not in have
-        ]
-        return cands + extra
+        extra = [int(self._matrix_ids[j]) for j in nearest if int(self._matrix_ids[j]) not in have]
+        return cands + self.index.best_per_image(d, p.probes, extra)
+
+
+def _dihedral(transform: str) -> str:
+    """The flip or turn part of a probe's transform name ('hflip+trim' -> 'hflip')."""
+    return transform.split("+", 1)[0]
 
 
 def _recorded(r: ScanResult) -> RecordedItem:

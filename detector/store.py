@@ -63,6 +63,7 @@ class NewCatalogImage:
     phash: int  # signed int64, see hashing.to_sqlite
     dhash: int
     embedding: bytes
+    variants: tuple[tuple[str, int, int], ...] = ()  # (name, phash, dhash) extra codes, signed
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,22 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db.table("matches").create_index(["catalog_id"])
 
 
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    # Extra stage-1 codes of a catalog image (its content box, ...), searched beside its own.
+    db.execute(
+        "CREATE TABLE codes ("
+        " id INTEGER PRIMARY KEY,"
+        " catalog_id INTEGER NOT NULL REFERENCES catalog(id) ON DELETE CASCADE,"
+        " variant TEXT NOT NULL,"
+        " phash INTEGER NOT NULL,"
+        " dhash INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX codes_catalog_id ON codes (catalog_id)")
+    db.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL, set_at TEXT NOT NULL)")
+
+
 # Migration N upgrades a database at schema version N-1 to version N. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1,)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1, _migrate_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -286,6 +301,10 @@ class Store:
                 )
                 if cur.rowcount == 1 and cur.lastrowid is not None:
                     ids.append(int(cur.lastrowid))
+                    self.conn.executemany(
+                        "INSERT INTO codes (catalog_id, variant, phash, dhash) VALUES (?, ?, ?, ?)",
+                        [(cur.lastrowid, *v) for v in im.variants],
+                    )
                 else:
                     row = self.conn.execute(
                         "SELECT id FROM catalog WHERE sha256 = ?", (im.sha256,)
@@ -294,8 +313,12 @@ class Store:
         return ids
 
     def load_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every catalog code in bulk: ids (n,) int64, phash (n,) uint64, dhash (n,) uint64."""
-        rows = self.conn.execute("SELECT id, phash, dhash FROM catalog ORDER BY id").fetchall()
+        """Every catalog code in bulk, each image's own and its variants: ids (n,) int64 (an
+        id once per code), phash (n,) uint64, dhash (n,) uint64, in id order."""
+        rows = self.conn.execute(
+            "SELECT id, phash, dhash FROM catalog"
+            " UNION ALL SELECT catalog_id, phash, dhash FROM codes ORDER BY 1"
+        ).fetchall()
         arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
         return arr[:, 0].copy(), arr[:, 1].view(np.uint64).copy(), arr[:, 2].view(np.uint64).copy()
 

@@ -80,3 +80,32 @@ def test_resize_and_reencode_stay_close_while_other_images_are_far():
     assert hamming(image_codes(small).phash, codes.phash) <= 4
     others = [hamming(image_codes(textured(s, (400, 300))).phash, codes.phash) for s in range(10, 20)]
     assert min(others) > 12
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dihedral_probes_match_hashing_the_turned_image(seed):
+    from detector.hashing import DIHEDRAL, dihedral_image, dihedral_probes
+
+    rgb = textured(seed, (97, 64)) if seed % 2 else skimage.data.astronaut()[::3, ::2]
+    grey = Image.fromarray(np.ascontiguousarray(rgb)).convert("L")
+    probes = dihedral_probes(grey, tuple(DIHEDRAL))
+    assert [p.transform for p in probes] == list(DIHEDRAL)
+    assert (probes[0].phash, probes[0].dhash) == (image_codes(rgb).phash, image_codes(rgb).dhash)
+    for p in probes:
+        truth = image_codes(dihedral_image(rgb, p.transform))
+        assert hamming(p.phash, truth.phash) <= 3, p.transform  # resize rounding differs slightly
+        if p.dhash is not None:
+            assert hamming(p.dhash, truth.dhash) <= 6, p.transform
+        else:
+            assert p.transform in ("transpose", "rot90", "rot270", "transverse")
+
+
+def test_dihedral_names_are_numpy_rotations():
+    from detector.hashing import dihedral_image
+
+    a = np.arange(12).reshape(3, 4)
+    assert (dihedral_image(a, "rot90") == np.rot90(a, 1)).all()
+    assert (dihedral_image(a, "rot270") == np.rot90(a, -1)).all()
+    assert (dihedral_image(a, "rot180") == np.rot90(a, 2)).all()
+    assert (dihedral_image(a, "hflip") == np.fliplr(a)).all()
+    assert (dihedral_image(a, "vflip") == np.flipud(a)).all()

@@ -59,3 +59,22 @@ def test_top_bit_codes_and_empty_index():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError):
         HammingIndex(np.arange(2), np.zeros(3, np.uint64), np.zeros(2, np.uint64))
+
+
+def test_several_codes_per_image_and_several_probes_per_query():
+    from detector.hashing import Probe
+
+    # image 5 owns two codes (its own and a variant); image 3 one.
+    index = HammingIndex(
+        np.array([5, 3, 5]), np.array([0, 2**40 - 1, 2**63], np.uint64), np.array([0, 0, 0], np.uint64)
+    )
+    assert index.catalog_ids.tolist() == [3, 5]
+    far = 2**64 - 1
+    probes = [Probe("identity", far, far), Probe("hflip", 2**63 | 1, None)]
+    (c,) = index.search_probes(probes, 3, 3, 10)
+    assert c == Candidate(5, 1, 64, "hflip")  # the variant code, found by the flipped probe
+    assert index.search_probes([Probe("identity", 0, far)], 1, 1, 10) == [Candidate(5, 0, 64, "identity")]
+    # a probe without a dHash never matches on dHash, even at distance 0 of the stored zeros
+    assert index.search_probes([Probe("rot90", far, None)], 0, 63, 10) == []
+    d = index.probe_distances(probes, 3, 3)
+    assert [x.catalog_id for x in index.best_per_image(d, probes, [3, 4, 5])] == [3, 5]

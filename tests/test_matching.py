@@ -51,10 +51,11 @@ def test_rerank_orders_filters_and_cuts(settings):
     }
     cands = [Candidate(3, 0, 0), Candidate(2, 4, 4), Candidate(1, 2, 2), Candidate(9, 0, 0)]
     entries = {i: _entry(i) for i in (1, 2, 3)}
-    got = rerank(cands, q, vecs, entries, settings)
+    qv = dict.fromkeys(range(10), q)
+    got = rerank(cands, qv, vecs, entries, settings)
     assert [m.catalog_id for m in got] == [1]  # 2 and 3 score under the near-duplicate line
-    everything = rerank(cands, q, vecs, entries, settings.replace(min_score=0.0))
+    everything = rerank(cands, qv, vecs, entries, settings.replace(min_score=0.0))
     assert [m.catalog_id for m in everything] == [1, 2, 3]  # 9 vanished from the catalog
     assert [m.score for m in everything] == sorted((m.score for m in everything), reverse=True)
     assert everything[0].verdict == "copy" and everything[-1].verdict == "none"
-    assert len(rerank(cands, q, vecs, entries, settings.replace(min_score=0.0, top_k=2))) == 2
+    assert len(rerank(cands, qv, vecs, entries, settings.replace(min_score=0.0, top_k=2))) == 2

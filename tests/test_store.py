@@ -125,3 +125,41 @@ def test_runs_items_and_matches_are_recorded(tmp_path):
         row = store.conn.execute("SELECT items, errors, matched, finished_at FROM runs").fetchone()
         assert row[:3] == (3, 1, 1) and row[3]
         assert store.stats().runs == 1
+
+
+def test_variant_codes_are_loaded_with_their_image_and_removed_with_it(tmp_path):
+    with _open(tmp_path / "c.db") as store:
+        im = _image(1, 0xABCD)
+        with_variant = NewCatalogImage(**{**im.__dict__, "variants": (("trim", to_sqlite(2**63 + 5), 7),)})
+        (cid,) = store.add_catalog_images([with_variant])
+        (other,) = store.add_catalog_images([_image(2, 0x1234)])
+        ids, phash, _ = store.load_codes()
+        assert ids.tolist() == [cid, cid, other]
+        assert sorted(phash[:2].tolist()) == [0xABCD, 2**63 + 5]
+        assert store.add_catalog_images([with_variant]) == [cid]  # same content: no second variant
+        assert len(store.load_codes()[0]) == 3
+        store.remove_catalog(ids=[cid])
+        assert store.load_codes()[0].tolist() == [other]
+        assert store.conn.execute("SELECT count(*) FROM codes").fetchone()[0] == 0
+
+
+def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
+    from detector.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    import sqlite_utils
+
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO meta VALUES ('hasher', 'h1'), ('embedder', 'e1')")
+    conn.execute(
+        "INSERT INTO catalog (sha256, path, width, height, phash, dhash, embedding, added_at)"
+        " VALUES ('ab', '/old.jpg', 5, 5, -1, 3, x'00', 'then')"
+    )
+    conn.close()
+    with _open(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        ids, phash, _ = store.load_codes()
+        assert phash.tolist() == [2**64 - 1] and len(ids) == 1
+        assert {"codes", "settings"} <= set(store.db.table_names())
