@@ -58,6 +58,24 @@ class Settings:
         return self.near_duplicate_threshold if self.min_score is None else self.min_score
 
 
+def parse_setting(name: str, raw: str) -> Any:
+    """A setting's value from text, typed like its default. Raises ``KeyError`` for an
+    unknown name and ``ValueError`` for a value of the wrong kind."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    default = defaults[name]
+    if isinstance(default, bool):
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, not {raw!r}")
+    if default is None:
+        return None if raw.strip().lower() in ("", "none") else float(raw)
+    kind: Any = type(default)
+    return kind(raw)
+
+
 def settings_table() -> list[tuple[str, Any, str]]:
     """``(name, default, help)`` for every setting, in declaration order."""
     return [(f.name, f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)]

@@ -44,6 +44,7 @@ class ScanResult:
     phash: int | None = None
     dhash: int | None = None
     candidates: int = 0
+    embedded: bool = False  # the CNN ran on this query
 
     @property
     def flagged(self) -> bool:

@@ -402,6 +402,22 @@ class Store:
         size = sum(f.stat().st_size for f in (self.path, Path(f"{self.path}-wal")) if f.exists())
         return CatalogStats(images, owners, runs, self.hasher, self.embedder, version, size)
 
+    # --- calibrated settings ----------------------------------------------------------------
+
+    def stored_settings(self) -> dict[str, str]:
+        """Settings saved in this database (by ``evaluate --calibrate``): name -> value text."""
+        return dict(self.conn.execute("SELECT name, value FROM settings ORDER BY name"))
+
+    def save_settings(self, values: dict[str, object]) -> None:
+        """Save settings that every later command on this database uses by default."""
+        now = utc_now()
+        with self.write():
+            self.conn.executemany(
+                "INSERT INTO settings (name, value, set_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = excluded.value, set_at = excluded.set_at",
+                [(name, str(value), now) for name, value in values.items()],
+            )
+
     # --- scan history ----------------------------------------------------------------------
 
     def start_run(self, command: str, args: dict[str, Any]) -> int:

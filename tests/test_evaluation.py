@@ -1,0 +1,156 @@
+"""``evaluate``: metric golden values, calibration, the query set, and the command end to end
+on a tiny catalog (the shipped fixtures)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from detector.embedding import embedder_id
+from detector.evaluation import (
+    build_queries,
+    calibrate,
+    micro_average_precision,
+    precision_recall,
+    recall_at_precision,
+)
+from detector.hashing import HASHER_ID
+from detector.scanning import Scanner
+from detector.store import Store
+
+SCORES = np.array([0.9, 0.8, 0.8, 0.5])
+CORRECT = np.array([True, False, True, False])
+
+
+def test_precision_recall_groups_ties():
+    t, p, r = precision_recall(SCORES, CORRECT, positives=3)
+    assert t.tolist() == [0.9, 0.8, 0.5]
+    assert p.tolist() == pytest.approx([1.0, 2 / 3, 0.5])
+    assert r.tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3])
+
+
+def test_micro_average_precision_golden_and_perfect():
+    assert micro_average_precision(SCORES, CORRECT, 3) == pytest.approx(1 / 3 + (2 / 3) * (1 / 3))
+    rng = np.random.default_rng(0)
+    good = rng.uniform(0.6, 1.0, 50)
+    bad = rng.uniform(0.0, 0.59, 80)
+    scores = np.r_[good, bad]
+    correct = np.r_[np.ones(50, bool), np.zeros(80, bool)]
+    assert micro_average_precision(scores, correct, 50) == pytest.approx(1.0)
+    assert micro_average_precision(scores, correct, 100) == pytest.approx(0.5)  # half never found
+    assert micro_average_precision(np.zeros(0), np.zeros(0, bool), 5) == 0.0
+
+
+def test_recall_at_precision_and_its_threshold():
+    assert recall_at_precision(SCORES, CORRECT, 3, 0.99) == (pytest.approx(1 / 3), 0.9)
+    assert recall_at_precision(SCORES, CORRECT, 3, 0.6) == (pytest.approx(2 / 3), 0.8)
+    assert recall_at_precision(SCORES, ~CORRECT, 3, 0.99) == (0.0, None)
+
+
+def test_calibrate_reaches_the_asked_precisions():
+    preds = list(zip(SCORES.tolist(), CORRECT.tolist(), strict=True))
+    c = calibrate(preds, 3, copy_precision=0.99, near_duplicate_precision=0.6)
+    assert c is not None
+    assert (c.copy_threshold, c.near_duplicate_threshold) == (0.9, 0.8)
+    assert c.recall_copy == pytest.approx(1 / 3)
+    assert calibrate([(0.9, False)], 1) is None
+
+
+@pytest.fixture
+def tiny_db(tmp_path, catalog_dir):
+    db = tmp_path / "tiny.db"
+    result = CliRunner().invoke(cli, ["--db", str(db), "-q", "catalog", "add", str(catalog_dir)])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def _store(db, settings):
+    return Store.open(db, hasher=HASHER_ID, embedder=embedder_id(settings), create=False)
+
+
+def test_query_set_attacks_the_sample_and_hides_the_held_out(tiny_db, tmp_path, settings, models):
+    with _store(tiny_db, settings) as store:
+        qs = build_queries(
+            store, settings, tmp_path / "q", sample=3, held_out=2, families=("flip", "border"), seed=4
+        )
+        assert len(qs.queries) == 10 and len(qs.held_out) == 2 and not qs.skipped
+        copies = [q for q in qs.queries if q.catalog_id is not None]
+        assert len(copies) == 6 and {q.family for q in copies} == {"flip", "border"}
+        assert not {q.catalog_id for q in copies} & qs.held_out
+        assert all((tmp_path / "q").joinpath(q.path.rsplit("/", 1)[1]).is_file() for q in qs.queries)
+        # the same seed gives the same query set
+        again = build_queries(
+            store, settings, tmp_path / "r", sample=3, held_out=2, families=("flip",), seed=4
+        )
+        assert [q.catalog_id for q in again.queries] == [
+            q.catalog_id for q in qs.queries if q.family == "flip"
+        ]
+        # a held-out image is invisible: its exact file finds nothing, while it is found without exclusion
+        hidden = next(iter(qs.held_out))
+        path = store.catalog_entries([hidden])[hidden].path
+        (found,) = Scanner(store, models, settings).scan([path])
+        (blind,) = Scanner(store, models, settings, exclude=qs.held_out).scan([path])
+        assert found.matches[0].catalog_id == hidden
+        assert all(m.catalog_id != hidden for m in blind.matches)
+
+
+def test_catalog_image_that_vanished_is_skipped_not_fatal(tiny_db, tmp_path, settings, catalog_dir):
+    with _store(tiny_db, settings) as store:
+        first = next(store.list_catalog())
+        store.conn.execute("UPDATE catalog SET path = ? WHERE id = ?", (str(tmp_path / "gone.png"), first.id))
+        qs = build_queries(store, settings, tmp_path / "q", sample=7, held_out=0, families=("flip",))
+        assert len(qs.skipped) == 1 and "gone.png" in qs.skipped[0]
+        assert len(qs.queries) == 6
+
+
+def test_evaluate_end_to_end_calibrates_and_scan_obeys(tiny_db, tmp_path, catalog_dir):
+    runner = CliRunner()
+    args = ["--db", str(tiny_db), "-q", "evaluate", "--sample", "4", "--held-out", "3",
+            "--families", "flip,border,jpeg", "--mode", "both", "--format", "json", "--calibrate",
+            "--keep", str(tmp_path / "kept")]  # fmt: skip
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    fast, thorough = out["evaluations"]
+    assert (fast["mode"], thorough["mode"]) == ("fast", "thorough")
+    assert fast["copies"] == 12 and fast["distractors"] == 9 and fast["errors"] == 0
+    assert [f["family"] for f in fast["families"]] == ["flip", "border", "jpeg"]
+    assert thorough["cnn_share_distractors"] == 1.0
+    assert 0 <= fast["cnn_share_distractors"] <= 1 and fast["cnn_share_copies"] > 0.5
+    # the fixtures are seven unlike pictures: every attacked copy is found at full precision
+    assert thorough["micro_ap"] > 0.9 and thorough["recall_at_99"] > 0.9
+    assert len(list((tmp_path / "kept").glob("*.jpg"))) == 21
+    cal = out["calibration"]
+    with Store.open(tiny_db, hasher=HASHER_ID, embedder=embedder_id_default(), create=False) as store:
+        stored = store.stored_settings()
+    assert float(stored["copy_threshold"]) == pytest.approx(cal["copy_threshold"])
+    # scan takes the stored thresholds as defaults; --set still wins
+    copy = tmp_path / "copy.png"
+    shutil.copy(catalog_dir / sorted(p.name for p in catalog_dir.iterdir())[0], copy)
+    with Store.open(tiny_db, hasher=HASHER_ID, embedder=embedder_id_default(), create=False) as store:
+        store.save_settings({"copy_threshold": 1.01, "near_duplicate_threshold": 1.01})
+    record = json.loads(runner.invoke(cli, ["--db", str(tiny_db), "check", str(copy), "--format", "jsonl",
+                                            "--min-score", "0"]).stdout)  # fmt: skip
+    assert record["matches"][0]["verdict"] == "none"
+    wins = ["--set", "copy_threshold=0.5", "--set", "near_duplicate_threshold=0.4"]
+    result = runner.invoke(cli, ["--db", str(tiny_db), *wins, "check", str(copy), "--format", "jsonl"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["matches"][0]["verdict"] == "copy"
+
+
+def embedder_id_default() -> str:
+    from detector.config import Settings
+
+    return embedder_id(Settings())
+
+
+def test_evaluate_refuses_bad_requests(tiny_db):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--db", str(tiny_db), "evaluate", "--families", "flip,warp"])
+    assert result.exit_code != 0 and "warp" in result.output
+    result = runner.invoke(cli, ["--db", str(tiny_db), "evaluate", "--sample", "5", "--held-out", "5"])
+    assert result.exit_code != 0 and "exceed" in result.output
