@@ -37,7 +37,7 @@ def add_to_catalog(
     for batch in batched(paths, settings.batch_size):
         # Content is looked up per batch so a killed-and-rerun job skips finished work.
         known: dict[str, int] = {}
-        prepared = prepare_batch(batch, settings, known=partial(_lookup, store, known))
+        prepared = prepare_batch(batch, settings, known=partial(_lookup, store, known), catalog=True)
         fresh = [p for p in prepared if p.ok]
         # The same content twice in one batch is embedded once.
         first: dict[str, Prepared] = {}
@@ -54,11 +54,7 @@ def add_to_catalog(
                 phash=to_sqlite(p.codes.phash),
                 dhash=to_sqlite(p.codes.dhash),
                 embedding=to_blob(vec),
-                variants=(
-                    (("trim", to_sqlite(p.box_codes.phash), to_sqlite(p.box_codes.dhash)),)
-                    if p.box_codes is not None
-                    else ()
-                ),
+                variants=tuple((name, to_sqlite(c.phash), to_sqlite(c.dhash)) for name, c in p.variants),
             )
             for p, vec in zip(first.values(), vecs, strict=True)
             if p.codes is not None

@@ -26,6 +26,9 @@ class Settings:
     # stage 1
     radius_phash: int = _setting(12, "pHash Hamming radius (bits of 64) for a stage-1 candidate")
     radius_dhash: int = _setting(12, "dHash Hamming radius (bits of 64) for a stage-1 candidate")
+    radius_variant: int = _setting(
+        8, "Hamming radius for the flipped and quarter-turned probes of a query (bits of 64)"
+    )
     max_candidates: int = _setting(50, "most stage-1 candidates handed to stage 2 per query")
     dihedral: bool = _setting(True, "also search each query's flips and quarter turns")
     trim: bool = _setting(
@@ -36,6 +39,13 @@ class Settings:
     gem_p: float = _setting(3.0, "GeM pooling exponent for the embedding")
     batch_size: int = _setting(32, "images per CNN batch")
     neighbours: int = _setting(10, "thorough mode: embedding nearest neighbours added as candidates")
+    # stage 3
+    verify: bool = _setting(True, "check the best candidates with ORB keypoints and RANSAC (stage 3)")
+    verify_top: int = _setting(3, "stage 3: how many of a query's best candidates are checked")
+    verify_floor: float = _setting(0.2, "stage 3: candidates scoring below this before it are not checked")
+    inliers_floor: int = _setting(10, "stage 3: RANSAC inliers at or below which a pair gains nothing")
+    inliers_full: int = _setting(50, "stage 3: RANSAC inliers at which a pair gains the full stage-3 score")
+    geo_weight: float = _setting(0.45, "weight of stage 3 in the score when it ran")
     # scoring
     cnn_weight: float = _setting(0.7, "weight of the CNN cosine in the score (the rest is stage 1)")
     cosine_floor: float = _setting(0.5, "cosine mapped to a CNN score of 0")

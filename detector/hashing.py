@@ -10,7 +10,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-HASHER_ID = "phash64+dhash64:imagehash-4.3-compatible:lanczos:content-box-variants:v2"
+HASHER_ID = "phash64+dhash64:imagehash-4.3-compatible:lanczos:content-box+centre-crop-variants:v3"
 _PHASH_SIZE = 32  # imagehash: hash_size 8 * highfreq_factor 4
 _LOW = 8
 

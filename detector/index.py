@@ -30,6 +30,7 @@ class Candidate:
     hamming_phash: int
     hamming_dhash: int
     transform: str = "identity"
+    within_radius: bool = True  # False for a candidate only the embedding found
 
     @property
     def hamming(self) -> int:
@@ -40,11 +41,13 @@ class Candidate:
 @dataclass(frozen=True)
 class ProbeDistances:
     """Each indexed code's distance to the closest of a query's probes: ``phash`` and
-    ``dhash`` (n,) int16 bits of that probe, ``probe`` (n,) its index in the probe list."""
+    ``dhash`` (n,) int16 bits of that probe, ``probe`` (n,) its index in the probe list,
+    ``excess`` (n,) int16 bits beyond that probe's radius (a hit when <= 0)."""
 
     phash: np.ndarray
     dhash: np.ndarray
     probe: np.ndarray
+    excess: np.ndarray
 
 
 class HammingIndex:
@@ -77,28 +80,34 @@ class HammingIndex:
         return dp, dd
 
     def probe_distances(
-        self, probes: Sequence[Probe], radius_phash: int, radius_dhash: int
+        self, probes: Sequence[Probe], radius_phash: int, radius_dhash: int, radius_variant: int = 64
     ) -> ProbeDistances:
         """For every code, the probe that comes closest: the one with the smallest distance
-        relative to its radius (the lower of pHash and dHash), then the smallest sum."""
+        relative to its radius (the lower of pHash and dHash), then the smallest sum. Probes
+        of flipped or turned queries search at most ``radius_variant`` bits: eight times the
+        probes would otherwise bring eight times the chance hits."""
         n = len(self)
         best_key = np.full(n, np.iinfo(np.int32).max, dtype=np.int32)
         best_p = np.zeros(n, dtype=np.int16)
         best_d = np.zeros(n, dtype=np.int16)
         best_i = np.zeros(n, dtype=np.int16)
         for i, probe in enumerate(probes):
+            r_p, r_d = radius_phash, radius_dhash
+            if not probe.transform.startswith("identity"):
+                r_p, r_d = min(r_p, radius_variant), min(r_d, radius_variant)
             dp = np.bitwise_count(self.phash ^ np.uint64(probe.phash)).astype(np.int16)
             if probe.dhash is None:
                 dd = np.full(n, _NO_CODE, dtype=np.int16)
             else:
                 dd = np.bitwise_count(self.dhash ^ np.uint64(probe.dhash)).astype(np.int16)
-            key = np.minimum(dp - radius_phash, dd - radius_dhash).astype(np.int32) * 256 + dp + dd
+            key = np.minimum(dp - r_p, dd - r_d).astype(np.int32) * 256 + dp + dd
             better = key < best_key
             best_key[better] = key[better]
             best_p[better] = dp[better]
             best_d[better] = dd[better]
             best_i[better] = i
-        return ProbeDistances(best_p, best_d, best_i)
+        excess = (best_key // 256).astype(np.int16)
+        return ProbeDistances(best_p, best_d, best_i, excess)
 
     def search(
         self, phash: int, dhash: int, radius_phash: int, radius_dhash: int, limit: int
@@ -109,20 +118,23 @@ class HammingIndex:
         return self.search_probes([Probe("identity", phash, dhash)], radius_phash, radius_dhash, limit)
 
     def search_probes(
-        self, probes: Sequence[Probe], radius_phash: int, radius_dhash: int, limit: int
+        self,
+        probes: Sequence[Probe],
+        radius_phash: int,
+        radius_dhash: int,
+        limit: int,
+        radius_variant: int = 64,
     ) -> list[Candidate]:
         """:meth:`search` with several probes per query; each catalog image comes once, with
         its closest probe and code."""
         if not len(self) or not probes:
             return []
-        d = self.probe_distances(probes, radius_phash, radius_dhash)
-        return self.within(d, probes, radius_phash, radius_dhash, limit)
+        d = self.probe_distances(probes, radius_phash, radius_dhash, radius_variant)
+        return self.within(d, probes, limit)
 
-    def within(
-        self, d: ProbeDistances, probes: Sequence[Probe], radius_phash: int, radius_dhash: int, limit: int
-    ) -> list[Candidate]:
+    def within(self, d: ProbeDistances, probes: Sequence[Probe], limit: int) -> list[Candidate]:
         """:meth:`search_probes` on distances already computed by :meth:`probe_distances`."""
-        hit = np.flatnonzero((d.phash <= radius_phash) | (d.dhash <= radius_dhash))
+        hit = np.flatnonzero(d.excess <= 0)
         if not hit.size:
             return []
         total = d.phash[hit].astype(np.int32) + d.dhash[hit]
@@ -147,5 +159,9 @@ class HammingIndex:
 
     def _candidate(self, d: ProbeDistances, probes: Sequence[Probe], row: int) -> Candidate:
         return Candidate(
-            int(self.ids[row]), int(d.phash[row]), int(d.dhash[row]), probes[int(d.probe[row])].transform
+            int(self.ids[row]),
+            int(d.phash[row]),
+            int(d.dhash[row]),
+            probes[int(d.probe[row])].transform,
+            bool(d.excess[row] <= 0),
         )

@@ -30,6 +30,7 @@ class Match:
     score: float
     verdict: str
     transform: str = "identity"
+    inliers: int | None = None  # stage-3 RANSAC inliers; None when stage 3 did not run
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,21 @@ class ScanResult:
         return any(m.verdict != NONE for m in self.matches)
 
 
-def score(hamming: int, cosine: float, settings: Settings) -> float:
+def score(hamming: int, cosine: float, settings: Settings, inliers: int | None = None) -> float:
     """Confidence that a pair is a copy, in [0, 1]: a weighted mean of the stage-1 similarity
     (1 at distance 0, 0 at ``hamming_ceiling`` bits) and the CNN similarity (0 at
-    ``cosine_floor``, 1 at cosine 1)."""
+    ``cosine_floor``, 1 at cosine 1); when stage 3 ran (``inliers`` not None), that mean
+    weighs ``1 - geo_weight`` and the stage-3 evidence (0 at ``inliers_floor`` RANSAC
+    inliers, 1 at ``inliers_full``) the rest. A pair stage 3 did not reach counts 0 inliers."""
     s1 = min(max(1.0 - hamming / settings.hamming_ceiling, 0.0), 1.0)
     s2 = min(max((cosine - settings.cosine_floor) / (1.0 - settings.cosine_floor), 0.0), 1.0)
     w = settings.cnn_weight
-    return w * s2 + (1.0 - w) * s1
+    mean = w * s2 + (1.0 - w) * s1
+    if inliers is None:
+        return mean
+    span = max(settings.inliers_full - settings.inliers_floor, 1)
+    s3 = min(max((inliers - settings.inliers_floor) / span, 0.0), 1.0)
+    return (1.0 - settings.geo_weight) * mean + settings.geo_weight * s3
 
 
 def verdict(value: float, settings: Settings) -> str:
@@ -77,6 +85,7 @@ def rerank(
     catalog_vecs: Mapping[int, np.ndarray],
     entries: Mapping[int, CatalogEntry],
     settings: Settings,
+    inliers: Mapping[int, int | None] | None = None,
 ) -> tuple[Match, ...]:
     """Score candidates by cosine between the query's descriptor for each candidate
     (``query_vecs[catalog_id]``, (1280,), the query turned as its probe matched) and the
@@ -89,7 +98,8 @@ def rerank(
         if vec is None or entry is None:
             continue
         cos = float(np.dot(query_vecs[c.catalog_id], vec))
-        s = round(score(c.hamming, cos, settings), 4)  # the verdict is taken on the shown score
+        geo = None if inliers is None else inliers.get(c.catalog_id, 0)
+        s = round(score(c.hamming, cos, settings, geo), 4)  # the verdict is taken on the shown score
         if s < settings.reported_min_score:
             continue
         matches.append(
@@ -102,6 +112,7 @@ def rerank(
                 score=s,
                 verdict=verdict(s, settings),
                 transform=c.transform,
+                inliers=geo,
             )
         )
     matches.sort(key=lambda m: (-m.score, m.catalog_id))

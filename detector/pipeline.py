@@ -15,8 +15,9 @@ from .config import Settings
 from .embedding import EMBEDDING_DIM, Embedder, resize_for_cnn
 from .errors import ImageError
 from .framing import Box, content_box
-from .hashing import DIHEDRAL, Codes, Probe, dihedral_probes
+from .hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
 from .imaging import content_hash, decode, read_bytes
+from .verification import verify_grey
 
 T = TypeVar("T")
 
@@ -37,7 +38,9 @@ class Prepared:
     probes: tuple[Probe, ...] = ()
     box: Box | None = None
     box_codes: Codes | None = None
+    variants: tuple[tuple[str, Codes], ...] = ()  # catalog side: extra codes (content box, centre crops)
     small: np.ndarray | None = None
+    grey: np.ndarray | None = None  # (h, w) uint8 for stage 3, longer side <= VERIFY_SIDE
     width: int = 0
     height: int = 0
 
@@ -57,6 +60,7 @@ def prepare_batch(
     paths: Sequence[str],
     settings: Settings,
     known: Callable[[Sequence[str]], Container[str]] | None = None,
+    catalog: bool = False,
 ) -> list[Prepared]:
     """Read every path, hash its content, then decode and compute codes for each one whose
     sha256 is not reported by ``known`` (content already stored is not decoded at all).
@@ -76,17 +80,19 @@ def prepare_batch(
         elif sha in seen:
             out.append(Prepared(path=path, sha256=sha, skipped=True))
         else:
-            out.append(prepare_bytes(path, data, sha, settings))
+            out.append(prepare_bytes(path, data, sha, settings, catalog=catalog))
     return out
 
 
-def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings) -> Prepared:
-    """Decode one image's bytes and compute its codes, probes and CNN-sized copy."""
+def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings, catalog: bool = False) -> Prepared:
+    """Decode one image's bytes and compute its codes, probes and CNN-sized copy; with
+    ``catalog``, also the extra codes a catalog image is stored with (:data:`CENTRE_CROPS`)."""
     try:
         image = decode(data, settings, sha256=sha)
     except ImageError as e:
         return Prepared(path=path, sha256=sha, error=_describe(e))
     rgb = image.rgb
+    grey = verify_grey(rgb) if settings.verify else None
     transforms = tuple(DIHEDRAL) if settings.dihedral else ("identity",)
     probes = dihedral_probes(_grey(rgb), transforms)
     codes = Codes(probes[0].phash, probes[0].dhash or 0)
@@ -97,6 +103,11 @@ def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings) -> Prepa
         box_probes = dihedral_probes(_grey(rgb), transforms, suffix="+trim")
         box_codes = Codes(box_probes[0].phash, box_probes[0].dhash or 0)
         probes += box_probes
+    variants: list[tuple[str, Codes]] = []
+    if catalog:
+        if box_codes is not None:
+            variants.append(("trim", box_codes))
+        variants.extend((f"centre{round(f * 100)}", image_codes(_centre(rgb, f))) for f in CENTRE_CROPS)
     # The full-size pixels are dropped here: batches hold only the CNN-sized copy.
     small = resize_for_cnn(rgb, settings.image_size)
     return Prepared(
@@ -106,10 +117,25 @@ def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings) -> Prepa
         probes=tuple(probes),
         box=box,
         box_codes=box_codes,
+        variants=tuple(variants),
         small=small,
+        grey=grey,
         width=image.width,
         height=image.height,
     )
+
+
+# Catalog images also store the codes of these centre crops (side fractions): a copy cut to
+# 60-90 % of the picture then lands near one of them. Measured on 300 corpus images with the
+# attack suite's crops: stage-1 recall 0.10 -> 0.46, queries with a chance candidate 7 -> 8 %.
+CENTRE_CROPS = (0.8, 0.65)
+
+
+def _centre(rgb: np.ndarray, fraction: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(rgb[top : top + ch, left : left + cw])
 
 
 def _grey(rgb: np.ndarray) -> Image.Image:

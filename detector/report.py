@@ -24,7 +24,9 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def match_record(m: Match) -> dict[str, Any]:
-    """One match as in the JSON Lines contract."""
+    """One match as in the JSON Lines contract, plus two evidence fields: ``transform``
+    (how the query was turned or cut when stage 1 matched it) and ``inliers`` (stage-3
+    RANSAC inliers, null when stage 3 did not run)."""
     return {
         "catalog_id": m.catalog_id,
         "catalog_path": m.catalog_path,
@@ -33,6 +35,8 @@ def match_record(m: Match) -> dict[str, Any]:
         "cosine": m.cosine,
         "score": m.score,
         "verdict": m.verdict,
+        "transform": m.transform,
+        "inliers": m.inliers,
     }
 
 

@@ -9,21 +9,26 @@ Modes:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
 from .config import Settings
 from .embedding import from_blobs
+from .errors import ImageError
 from .hashing import dihedral_image, to_sqlite
+from .imaging import load_image
 from .index import Candidate, HammingIndex, ProbeDistances
 from .matching import Match, ScanResult, rerank
 from .pipeline import Models, Prepared, batched, prepare_batch
-from .store import RecordedItem, Store
+from .store import CatalogEntry, RecordedItem, Store
+from .verification import Features, features, verify, verify_grey
 
 FAST = "fast"
 THOROUGH = "thorough"
 MODES = (FAST, THOROUGH)
+_FEATURE_CACHE = 2048  # catalog images whose keypoints a scanner keeps (about 40 kB each)
 
 
 class Scanner:
@@ -47,6 +52,7 @@ class Scanner:
         self.mode = mode
         self._matrix: np.ndarray | None = None
         self._matrix_ids = np.zeros(0, dtype=np.int64)
+        self._features: OrderedDict[int, Features | None] = OrderedDict()
         hidden = np.array(sorted(exclude), dtype=np.int64)
         with store.snapshot():  # codes and descriptors from the same catalog state
             ids, phash, dhash = store.load_codes()
@@ -74,11 +80,9 @@ class Scanner:
         distances: dict[int, ProbeDistances] = {}
         for i, p in enumerate(prepared):
             if p.ok:
-                d = self.index.probe_distances(p.probes, s.radius_phash, s.radius_dhash)
+                d = self.index.probe_distances(p.probes, s.radius_phash, s.radius_dhash, s.radius_variant)
                 distances[i] = d
-                candidates[i] = self.index.within(
-                    d, p.probes, s.radius_phash, s.radius_dhash, s.max_candidates
-                )
+                candidates[i] = self.index.within(d, p.probes, s.max_candidates)
         need_cnn = [i for i, c in candidates.items() if c or self.mode == THOROUGH]
         vecs = self._query_vectors(prepared, need_cnn, candidates, {})
         if self._matrix is not None:
@@ -97,8 +101,14 @@ class Scanner:
             cands = candidates[i]
             matches: tuple[Match, ...] = ()
             if i in need_cnn:
-                query_vecs = {c.catalog_id: vecs[i, _dihedral(c.transform)] for c in cands}
+                query_vecs = {c.catalog_id: vecs[i, self._turn(c)] for c in cands}
                 matches = rerank(cands, query_vecs, catalog_vecs, entries, s)
+                if s.verify:
+                    everything = s.replace(min_score=0.0, top_k=len(cands))
+                    first = rerank(cands, query_vecs, catalog_vecs, entries, everything)
+                    inliers = self._verify(p, first, {c.catalog_id: c for c in cands}, entries)
+                    if inliers is not None:
+                        matches = rerank(cands, query_vecs, catalog_vecs, entries, s, inliers)
             results.append(
                 ScanResult(
                     query=p.path,
@@ -125,10 +135,65 @@ class Scanner:
         compares like with like. Those in ``have`` are kept, not computed again."""
         jobs: list[tuple[int, str]] = []
         for i in need:
-            turns = {"identity"} | {_dihedral(c.transform) for c in candidates[i]}
+            turns = {"identity"} | {self._turn(c) for c in candidates[i]}
             jobs.extend((i, t) for t in sorted(turns) if (i, t) not in have)
         images = (dihedral_image(prepared[i].cnn_input, t) for i, t in jobs)
         return have | dict(zip(jobs, self.models.embed(images), strict=True))
+
+    def _verify(
+        self,
+        p: Prepared,
+        ranked: Sequence[Match],
+        cands: dict[int, Candidate],
+        entries: dict[int, CatalogEntry],
+    ) -> dict[int, int | None] | None:
+        """Stage 3 on the query's best ``verify_top`` candidates that score at least
+        ``verify_floor`` before it: RANSAC inliers by catalog id, None for a pair too smooth
+        to judge. None as a whole when no catalog image could be read (stage 3 then has no
+        say and the score is stages 1 and 2 alone)."""
+        s = self.settings
+        chosen = [m for m in ranked[: s.verify_top] if m.score >= s.verify_floor]
+        if p.grey is None:
+            return None
+        out: dict[int, int | None] = {}
+        query_features: dict[str, Features] = {}
+        for m in chosen:
+            catalog = self._catalog_features(m.catalog_id, entries[m.catalog_id].path)
+            if catalog is None:
+                continue
+            turn = self._turn(cands[m.catalog_id], for_cnn=False)
+            if turn not in query_features:
+                query_features[turn] = features(dihedral_image(p.grey, turn))
+            v = verify(query_features[turn], catalog)
+            out[m.catalog_id] = v.inliers if v.conclusive else None
+        if chosen and not out:
+            return None
+        return out
+
+    def _catalog_features(self, catalog_id: int, path: str) -> Features | None:
+        """Keypoints of a catalog image, read from its file once per scanner (the most
+        recently used are kept); None when the file cannot be read any more."""
+        if catalog_id in self._features:
+            self._features.move_to_end(catalog_id)
+            return self._features[catalog_id]
+        try:
+            found: Features | None = features(verify_grey(load_image(path, self.settings).rgb))
+        except ImageError:
+            found = None
+        self._features[catalog_id] = found
+        if len(self._features) > _FEATURE_CACHE:
+            self._features.popitem(last=False)
+        return found
+
+    def _turn(self, c: Candidate, for_cnn: bool = True) -> str:
+        """How to turn the query before the CNN compares it with candidate ``c``: as its probe
+        matched when that was within the stage-1 radius; as it is for a candidate that only
+        the embedding found (its closest probe is then chance). Keypoints, unlike the CNN's
+        pooled descriptor, see a mirror: ``for_cnn=False`` keeps it."""
+        if c.within_radius:
+            turn = c.transform.split("+", 1)[0]
+            return _dihedral(turn) if for_cnn else turn
+        return "identity"
 
     def _catalog_vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Descriptors of the given catalog ids: from the matrix already held in thorough

@@ -80,6 +80,8 @@ def test_scan_jsonl_finds_every_attacked_copy_and_nothing_else(demo_db, crawl_di
                 "cosine",
                 "score",
                 "verdict",
+                "transform",
+                "inliers",
             }
             assert best["owner"] == "Demo Rights" and 0 <= best["score"] <= 1
     assert "60 images" in out.stderr

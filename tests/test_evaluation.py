@@ -154,3 +154,28 @@ def test_evaluate_refuses_bad_requests(tiny_db):
     assert result.exit_code != 0 and "warp" in result.output
     result = runner.invoke(cli, ["--db", str(tiny_db), "evaluate", "--sample", "5", "--held-out", "5"])
     assert result.exit_code != 0 and "exceed" in result.output
+
+
+def test_catalog_stores_centre_crops_so_fast_mode_finds_a_cropped_copy(tiny_db, tmp_path, catalog_dir):
+    import sqlite3
+
+    from PIL import Image
+
+    conn = sqlite3.connect(tiny_db)
+    variants = [v for (v,) in conn.execute("SELECT variant FROM codes")]
+    conn.close()
+    assert variants.count("centre80") == variants.count("centre65") == 7
+    source = (
+        catalog_dir / "coffee.png"
+        if (catalog_dir / "coffee.png").exists()
+        else sorted(catalog_dir.iterdir())[1]
+    )
+    with Image.open(source) as im:
+        w, h = im.size
+        crop = im.convert("RGB").crop((round(w * 0.16), round(h * 0.19), round(w * 0.83), round(h * 0.84)))
+    crop.save(tmp_path / "crop.jpg", quality=85)
+    args = ["--db", str(tiny_db), "check", str(tmp_path / "crop.jpg"), "--mode", "fast", "--format", "jsonl"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    best = json.loads(result.stdout)["matches"][0]
+    assert best["catalog_path"].endswith(source.name) and best["verdict"] != "none"

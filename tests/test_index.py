@@ -78,3 +78,18 @@ def test_several_codes_per_image_and_several_probes_per_query():
     assert index.search_probes([Probe("rot90", far, None)], 0, 63, 10) == []
     d = index.probe_distances(probes, 3, 3)
     assert [x.catalog_id for x in index.best_per_image(d, probes, [3, 4, 5])] == [3, 5]
+
+
+def test_flipped_probes_search_a_smaller_radius():
+    from detector.hashing import Probe
+
+    index = HammingIndex(np.array([1]), np.array([0], np.uint64), np.array([2**64 - 1], np.uint64))
+    ten_bits = (1 << 10) - 1
+    assert index.search_probes([Probe("identity", ten_bits, 0)], 12, 12, 5, radius_variant=8)
+    assert index.search_probes([Probe("identity+trim", ten_bits, 0)], 12, 12, 5, radius_variant=8)
+    assert not index.search_probes([Probe("hflip", ten_bits, 0)], 12, 12, 5, radius_variant=8)
+    (c,) = index.search_probes([Probe("rot90", ten_bits, None)], 12, 12, 5, radius_variant=10)
+    assert c.within_radius and c.transform == "rot90"
+    d = index.probe_distances([Probe("hflip", ten_bits, 0)], 12, 12, 8)
+    (far,) = index.best_per_image(d, [Probe("hflip", ten_bits, 0)], [1])
+    assert not far.within_radius and far.hamming_phash == 10

@@ -1,0 +1,93 @@
+"""Stage 3: geometric verification of a (query, catalog image) pair with OpenCV.
+
+ORB keypoints on both images (grey, longer side at most ``VERIFY_SIDE`` pixels), mutual
+nearest-neighbour matches that pass Lowe's ratio test, then an affine model fitted with
+RANSAC. A copy, even cropped, rotated, stretched or pasted into a frame, keeps many matches
+that agree on one affine map; a different picture that only looks alike (another face of a
+sky box, another star field) keeps a handful at most. The inlier count is the evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+VERIFY_SIDE = 512  # pixels: keypoints are found on images no longer than this
+_MIN_SIDE = 320  # smaller images are enlarged to this first: ORB finds few points in thumbnails
+_FEATURES = 1000
+MIN_KEYPOINTS = 60  # fewer on either side (smooth or tiny images): stage 3 abstains
+_RATIO = 0.8  # Lowe's ratio test on Hamming distances
+_REPROJECTION = 6.0  # RANSAC inlier threshold, pixels at VERIFY_SIDE
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """ORB keypoints of one image: ``points`` (n, 2) float32 pixel coordinates in the image
+    as given to :func:`features`; ``descriptors`` (n, 32) uint8; ``width``, ``height`` of it."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome for one pair: ``matches`` passed the ratio test, ``inliers`` of them agree
+    on the fitted affine map (0 when none could be fitted); ``keypoints`` is the smaller of
+    the two images' keypoint counts. Below ``MIN_KEYPOINTS`` stage 3 cannot judge the pair."""
+
+    matches: int
+    inliers: int
+    keypoints: int = 0
+
+    @property
+    def conclusive(self) -> bool:
+        """Whether both images had enough texture for the inlier count to mean something."""
+        return self.keypoints >= MIN_KEYPOINTS
+
+
+def verify_grey(rgb: np.ndarray) -> np.ndarray:
+    """The grey image stage 3 works on: (h, w) uint8, longer side at most ``VERIFY_SIDE``
+    and, for thumbnails, enlarged to ``_MIN_SIDE``."""
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    longer = max(h, w)
+    if longer > VERIFY_SIDE or longer < _MIN_SIDE:
+        scale = (VERIFY_SIDE if longer > VERIFY_SIDE else _MIN_SIDE) / longer
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return grey
+
+
+def features(grey: np.ndarray) -> Features:
+    """ORB keypoints and descriptors of an (h, w) uint8 image (see :func:`verify_grey`)."""
+    orb = cv2.ORB.create(nfeatures=_FEATURES, fastThreshold=10, edgeThreshold=15, patchSize=15)
+    keypoints, descriptors = orb.detectAndCompute(grey, None)
+    h, w = grey.shape[:2]
+    if descriptors is None or not keypoints:
+        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), w, h)
+    points = np.array([k.pt for k in keypoints], dtype=np.float32)
+    return Features(points, descriptors, w, h)
+
+
+def verify(query: Features, catalog: Features) -> Verification:
+    """Match two images' keypoints and count the matches one affine map explains."""
+    keypoints = min(len(query.points), len(catalog.points))
+    if keypoints < 3:
+        return Verification(0, 0, keypoints)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs = matcher.knnMatch(query.descriptors, catalog.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < _RATIO * p[1].distance]
+    if len(good) < 3:
+        return Verification(len(good), 0, keypoints)
+    src = query.points[[m.queryIdx for m in good]]
+    dst = catalog.points[[m.trainIdx for m in good]]
+    model, mask = cv2.estimateAffine2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=_REPROJECTION, maxIters=2000, confidence=0.995
+    )
+    if model is None or mask is None:
+        return Verification(len(good), 0, keypoints)
+    return Verification(len(good), int(mask.sum()), keypoints)

@@ -1,0 +1,88 @@
+"""Stage 3: keypoints and RANSAC tell a copy (cropped, turned, shrunk) from a look-alike."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from detector.hashing import dihedral_image
+from detector.matching import score
+from detector.verification import VERIFY_SIDE, Verification, features, verify, verify_grey
+
+from .conftest import textured
+
+
+def _features(rgb: np.ndarray):
+    return features(verify_grey(rgb))
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skimage.data.astronaut()
+
+
+def _rotated_crop(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), 12, 1.0)
+    out = cv2.warpAffine(rgb, turn, (w, h), borderValue=(255, 255, 255))
+    return np.ascontiguousarray(out[60 : h - 90, 40 : w - 100])
+
+
+def test_a_rotated_crop_keeps_many_inliers(astronaut):
+    v = verify(_features(_rotated_crop(astronaut)), _features(astronaut))
+    assert v.inliers >= 50 and v.matches >= v.inliers
+
+
+def test_a_mirror_matches_once_turned_back(astronaut):
+    mirrored = np.ascontiguousarray(astronaut[:, ::-1])
+    straight = verify(_features(dihedral_image(mirrored, "hflip")), _features(astronaut))
+    as_is = verify(_features(mirrored), _features(astronaut))
+    assert straight.inliers >= 100 and straight.inliers > 5 * as_is.inliers
+
+
+@pytest.mark.parametrize("other", ["coffee", "chelsea", "rocket"])
+def test_unrelated_pictures_keep_few_inliers(astronaut, other):
+    assert verify(_features(getattr(skimage.data, other)()), _features(astronaut)).inliers <= 12
+
+
+def test_a_thumbnail_is_enlarged_and_still_verifies(astronaut):
+    thumb = cv2.resize(astronaut, (96, 96), interpolation=cv2.INTER_AREA)
+    grey = verify_grey(thumb)
+    assert max(grey.shape) == 320
+    assert max(verify_grey(astronaut).shape) == VERIFY_SIDE
+    assert verify(features(grey), _features(astronaut)).inliers >= 15
+
+
+def test_featureless_images_give_zero_not_an_error():
+    flat = np.full((200, 300, 3), 128, np.uint8)
+    assert verify(_features(flat), _features(textured(3, (300, 200)))) == Verification(0, 0)
+
+
+def test_score_with_stage_3_rises_with_inliers_and_stays_in_range(settings):
+    without = score(4, 0.9, settings)
+    assert score(4, 0.9, settings, None) == without
+    values = [score(4, 0.9, settings, n) for n in range(0, 120, 5)]
+    assert values == sorted(values) and all(0.0 <= v <= 1.0 for v in values)
+    assert values[0] == pytest.approx((1 - settings.geo_weight) * without)
+    assert score(0, 1.0, settings, settings.inliers_full) == pytest.approx(1.0)
+
+
+def test_smooth_pictures_are_inconclusive_and_keep_their_stage_1_2_score(tmp_path, make_image):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    smooth = textured(5, (160, 120))
+    v = verify(_features(smooth), _features(smooth))
+    assert not v.conclusive and v.keypoints < 60
+    assert verify(_features(skimage.data.astronaut()), _features(skimage.data.astronaut())).conclusive
+    make_image("c/one.jpg", seed=5)
+    db = str(tmp_path / "s.db")
+    CliRunner().invoke(cli, ["--db", db, "catalog", "add", str(tmp_path / "c")], catch_exceptions=False)
+    out = CliRunner().invoke(cli, ["--db", db, "check", str(tmp_path / "c" / "one.jpg"), "--format", "jsonl"])
+    import json
+
+    (match,) = json.loads(out.stdout)["matches"]
+    assert match["inliers"] is None and match["score"] == 1.0  # identical file, stage 3 abstained
