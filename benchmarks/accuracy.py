@@ -32,7 +32,7 @@ from PIL import Image
 
 from detector.attacks import FAMILIES
 from detector.cataloging import add_to_catalog
-from detector.config import Settings
+from detector.config import Settings, parse_setting
 from detector.embedding import embedder_id, resize_for_cnn
 from detector.evaluation import (
     EvalQuery,
@@ -87,12 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=100, help="catalog images hidden (distractors)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="keep the database and queries here")
+    parser.add_argument("--set", dest="changes", action="append", default=[], metavar="NAME=VALUE",
+                        help="change an engine setting, as copyscan --set")  # fmt: skip
     args = parser.parse_args(argv)
 
     files = sorted(str(p) for p in args.corpus.glob("*.jpg"))[: args.catalog]
     if len(files) < args.sample + args.held_out:
         parser.error(f"{args.corpus} has {len(files)} images; build it with benchmarks/corpus.py")
-    settings = Settings()
+    changes = {name: parse_setting(name, raw) for name, _, raw in (c.partition("=") for c in args.changes)}
+    settings = Settings().replace(**changes)
     models = Models(settings)
     work = args.work or Path(tempfile.mkdtemp(prefix="copyscan-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -142,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, key in rows:
         print(f"{label:26} {fast[key]:>10.3f} {thorough[key]:>14.3f} {phash[key]:>16.3f} {cnn[key]:>10.3f}")
     for e in figures:
+        print(f"{e.mode}: 99% precision at score >= {e.threshold_99}, 95% at >= {e.threshold_95}")
         print(f"{e.mode}: CNN ran on {e.cnn_share_copies:.0%} of copies and {e.cnn_share_distractors:.0%} "
               f"of distractors; stage 2 reached by {e.candidate_recall:.1%} of copies; "
               f"{(e.copies + e.distractors) / e.seconds:.1f} queries/s scanning")  # fmt: skip
