@@ -50,9 +50,9 @@ class Settings:
     cnn_weight: float = _setting(0.7, "weight of the CNN cosine in the score (the rest is stage 1)")
     cosine_floor: float = _setting(0.5, "cosine mapped to a CNN score of 0")
     hamming_ceiling: int = _setting(32, "Hamming distance mapped to a stage-1 score of 0")
-    copy_threshold: float = _setting(0.75, "score at or above which the verdict is 'copy'")
+    copy_threshold: float = _setting(0.51, "score at or above which the verdict is 'copy'")
     near_duplicate_threshold: float = _setting(
-        0.55, "score at or above which the verdict is 'near-duplicate'"
+        0.38, "score at or above which the verdict is 'near-duplicate'"
     )
     # output
     top_k: int = _setting(5, "most matches reported per query image")

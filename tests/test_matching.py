@@ -44,6 +44,7 @@ def _entry(i: int) -> CatalogEntry:
 
 
 def test_rerank_orders_filters_and_cuts(settings):
+    settings = settings.replace(copy_threshold=0.75, near_duplicate_threshold=0.55)
     q = np.zeros(4, np.float32)
     q[0] = 1
     vecs = {
