@@ -68,17 +68,6 @@ class HammingIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
-    def catalog_ids(self) -> np.ndarray:
-        """The distinct catalog ids, ascending: (m,) int64."""
-        return np.unique(self.ids)
-
-    def distances(self, phash: int, dhash: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hamming distances of one query to every code: two (n,) uint8 arrays."""
-        dp = np.bitwise_count(self.phash ^ np.uint64(phash))
-        dd = np.bitwise_count(self.dhash ^ np.uint64(dhash))
-        return dp, dd
-
     def probe_distances(
         self, probes: Sequence[Probe], radius_phash: int, radius_dhash: int, radius_variant: int = 64
     ) -> ProbeDistances:

@@ -14,7 +14,7 @@ from PIL import Image
 from .config import Settings
 from .embedding import EMBEDDING_DIM, Embedder, resize_for_cnn
 from .errors import ImageError
-from .framing import Box, content_box
+from .framing import content_box
 from .hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
 from .imaging import content_hash, decode, read_bytes
 from .verification import verify_grey
@@ -27,8 +27,8 @@ class Prepared:
     """One input after the front of the pipeline. Exactly one of these holds:
     ``error`` is set (unusable input), ``skipped`` is True (content already known), or
     ``codes`` and ``small`` are set. ``codes`` are the whole image's; ``probes`` every code
-    the image is searched with; ``box`` its content box (None when nothing was cut) and
-    ``box_codes`` that box's codes; ``small``: (s, s, 3) uint8, the CNN's input (of the box)."""
+    the image is searched with; ``box_codes`` the codes of its content box (None when
+    nothing was cut); ``small``: (s, s, 3) uint8, the CNN's input (of the box)."""
 
     path: str
     sha256: str | None = None
@@ -36,7 +36,6 @@ class Prepared:
     skipped: bool = False
     codes: Codes | None = None
     probes: tuple[Probe, ...] = ()
-    box: Box | None = None
     box_codes: Codes | None = None
     variants: tuple[tuple[str, Codes], ...] = ()  # catalog side: extra codes (content box, centre crops)
     small: np.ndarray | None = None
@@ -115,7 +114,6 @@ def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings, catalog:
         sha256=sha,
         codes=codes,
         probes=tuple(probes),
-        box=box,
         box_codes=box_codes,
         variants=tuple(variants),
         small=small,
