@@ -93,6 +93,7 @@ class Scanner:
         wanted = sorted({c.catalog_id for i in need_cnn for c in candidates[i]})
         entries = self.store.catalog_entries(wanted)
         catalog_vecs = self._catalog_vectors(wanted)
+        ranked_all = s.replace(min_score=0.0, top_k=s.max_candidates + s.neighbours)
         results = []
         for i, p in enumerate(prepared):
             if p.codes is None:
@@ -102,13 +103,11 @@ class Scanner:
             matches: tuple[Match, ...] = ()
             if i in need_cnn:
                 query_vecs = {c.catalog_id: vecs[i, self._turn(c)] for c in cands}
-                matches = rerank(cands, query_vecs, catalog_vecs, entries, s)
-                if s.verify:
-                    everything = s.replace(min_score=0.0, top_k=len(cands))
-                    first = rerank(cands, query_vecs, catalog_vecs, entries, everything)
+                inliers = None
+                if s.verify:  # stage 3 on the best candidates by stages 1 and 2, all of them ranked
+                    first = rerank(cands, query_vecs, catalog_vecs, entries, ranked_all)
                     inliers = self._verify(p, first, {c.catalog_id: c for c in cands}, entries)
-                    if inliers is not None:
-                        matches = rerank(cands, query_vecs, catalog_vecs, entries, s, inliers)
+                matches = rerank(cands, query_vecs, catalog_vecs, entries, s, inliers)
             results.append(
                 ScanResult(
                     query=p.path,
