@@ -24,10 +24,13 @@ class Settings:
         2.0, "refuse images whose grey levels vary less than this std (flat, unhashable)"
     )
     # stage 1
-    radius_phash: int = _setting(12, "pHash Hamming radius (bits of 64) for a stage-1 candidate")
-    radius_dhash: int = _setting(12, "dHash Hamming radius (bits of 64) for a stage-1 candidate")
+    radius_phash: int = _setting(14, "pHash Hamming radius (bits of 64) for a stage-1 candidate")
+    radius_dhash: int = _setting(14, "dHash Hamming radius (bits of 64) for a stage-1 candidate")
     radius_variant: int = _setting(
         8, "Hamming radius for the flipped and quarter-turned probes of a query (bits of 64)"
+    )
+    radius_sum: int = _setting(
+        34, "most pHash + dHash Hamming bits, together, for a stage-1 candidate of an unturned probe"
     )
     max_candidates: int = _setting(50, "most stage-1 candidates handed to stage 2 per query")
     dihedral: bool = _setting(True, "also search each query's flips and quarter turns")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import Settings
+from .hashing import Probe
 from .index import HammingIndex
 from .matching import NONE, score, verdict
 from .pipeline import Models, Prepared, batched, prepare_batch
@@ -69,9 +70,9 @@ def find_duplicates(
     for i, p in enumerate(good):
         if p.codes is None:
             continue
-        for c in index.search(
-            p.codes.phash, p.codes.dhash, settings.radius_phash, settings.radius_dhash, len(good)
-        ):
+        probe = [Probe("identity", p.codes.phash, p.codes.dhash)]
+        r_p, r_d, r_s = settings.radius_phash, settings.radius_dhash, settings.radius_sum
+        for c in index.search_probes(probe, r_p, r_d, len(good), radius_sum=r_s):
             if c.catalog_id != i:
                 pairs.add((min(i, c.catalog_id), max(i, c.catalog_id)))
     # Stage 2 on the images that are in some pair only.

@@ -93,3 +93,18 @@ def test_flipped_probes_search_a_smaller_radius():
     d = index.probe_distances([Probe("hflip", ten_bits, 0)], 12, 12, 8)
     (far,) = index.best_per_image(d, [Probe("hflip", ten_bits, 0)], [1])
     assert not far.within_radius and far.hamming_phash == 10
+
+
+def test_unturned_probes_must_stay_close_on_both_codes() -> None:
+    """Within the radius on one code but far on the other is a chance hit: radius_sum drops it;
+    turned probes keep their own tighter radius and are not limited by the sum."""
+    from detector.hashing import Probe
+
+    ten_bits = (1 << 10) - 1
+    far = (1 << 30) - 1  # 30 bits away
+    index = HammingIndex(np.array([1]), np.array([0], dtype=np.uint64), np.array([0], dtype=np.uint64))
+    assert index.search_probes([Probe("identity", ten_bits, ten_bits)], 14, 14, 5, radius_sum=34)
+    assert not index.search_probes([Probe("identity", ten_bits, far)], 14, 14, 5, radius_sum=34)
+    assert index.search_probes([Probe("identity", ten_bits, far)], 14, 14, 5)  # no sum: found
+    (c,) = index.search_probes([Probe("rot90", 0, far)], 14, 14, 5, radius_variant=8, radius_sum=34)
+    assert c.transform == "rot90" and c.hamming_dhash == 30
