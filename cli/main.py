@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -21,6 +24,7 @@ from detector.errors import CopyscanError
 EXIT_MATCH = 0
 EXIT_NO_MATCH = 1
 EXIT_ERROR = 2
+EXIT_LOCKED = 3  # another copyscan run holds the database
 
 
 @dataclass
@@ -119,6 +123,37 @@ quiet_option = click.option(
 )
 
 
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for another run holding the database to finish (else exit 3).",
+)
+
+
+@contextmanager
+def _locked(app: App, command: str, wait: float) -> Iterator[None]:
+    """Hold the database's writer lock; another run holding it exits with status 3."""
+    from detector.locking import DatabaseLock, Locked
+
+    try:
+        with DatabaseLock(app.db, command, wait):
+            yield
+    except Locked as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(EXIT_LOCKED)
+
+
+class _Stopped(Exception):
+    """SIGTERM during a scan: the run is recorded as interrupted, then the process exits."""
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
 @contextmanager
 def _errors_to_click() -> Iterator[None]:
     """Domain errors become one clear line and exit status 1, never a traceback."""
@@ -175,8 +210,9 @@ def catalog() -> None:
 @quiet_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--owner", help="Rights holder recorded with these images.")
+@wait_option
 @click.pass_obj
-def catalog_add(app: App, paths: tuple[str, ...], owner: str | None) -> None:
+def catalog_add(app: App, paths: tuple[str, ...], owner: str | None, wait: float) -> None:
     """Index image files, folders (recursively) or list files (.txt/.lst, one path a line).
 
     Content already in the catalog is skipped, so a killed run can simply be rerun.
@@ -187,7 +223,7 @@ def catalog_add(app: App, paths: tuple[str, ...], owner: str | None) -> None:
 
     started = time.perf_counter()
     counts: Counter[str] = Counter()
-    with _errors_to_click(), app.open_store(create=True) as store:
+    with _errors_to_click(), _locked(app, "catalog add", wait), app.open_store(create=True) as store:
         files = expand_sources(paths)
         with app.progress(len(files), "indexing") as bar:
             for result in add_to_catalog(store, app.models, files, app.settings, owner=owner):
@@ -254,7 +290,7 @@ def catalog_remove(app: App, targets: tuple[str, ...], owner: str | None) -> Non
         raise click.UsageError("name ids or paths to remove, or --owner")
     ids = [int(t) for t in targets if t.isdigit()]
     paths = [t for t in targets if not t.isdigit()]
-    with _errors_to_click(), app.open_store() as store:
+    with _errors_to_click(), _locked(app, "catalog remove", 0), app.open_store() as store:
         n = store.remove_catalog(ids=ids, paths=paths, owner=owner)
     click.echo(f"removed {n}")
 
@@ -327,7 +363,7 @@ def _scan_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @cli.command()
 @quiet_option
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @_scan_options
 @click.option(
     "--jsonl",
@@ -335,6 +371,23 @@ def _scan_options(f: Callable[..., Any]) -> Callable[..., Any]:
     type=click.Path(dir_okay=False),
     help="Also write JSON Lines records to this file.",
 )
+@click.option(
+    "--rescan",
+    is_flag=True,
+    help="Scan every image again, even content an earlier run scanned against the same catalog "
+    "and settings (by default its stored results are repeated).",
+)
+@click.option(
+    "--resume",
+    type=int,
+    is_flag=False,
+    flag_value=0,
+    default=None,
+    metavar="[RUN]",
+    help="Go on with a run that was killed or interrupted (the newest such run without RUN), "
+    "with its paths and settings; the images it recorded are not scanned again.",
+)
+@wait_option
 @click.pass_obj
 def scan(
     app: App,
@@ -344,53 +397,132 @@ def scan(
     min_score: float | None,
     mode: str,
     jsonl_path: str | None,
+    rescan: bool,
+    resume: int | None,
+    wait: float,
 ) -> None:
     """Scan images, folders or list files against the catalog.
 
     Writes one record per image (also for no match and for errors), matches best first,
-    and records the run in the database. Exit status 0 when the run completed (whatever
-    it found), 1 when it could not run.
+    and records the run in the database: every item by content hash, every match with its
+    evidence. Content an earlier run scanned against the same catalog and settings is not
+    decoded again (--rescan to force it). One run per database at a time.
+
+    Exit status: 0 the run completed (whatever it found); 1 it could not run; 2 bad usage;
+    3 another run holds the database; 130 / 143 stopped by SIGINT / SIGTERM (the run is
+    recorded as interrupted: --resume goes on with it).
     """
     from detector import report
     from detector.scanning import Scanner
     from detector.sources import expand_sources
 
+    if resume is None and not paths:
+        raise click.UsageError("name images, folders or list files to scan, or --resume [RUN]")
+    if resume is not None and paths:
+        raise click.UsageError("--resume takes the paths of the run it resumes: name none")
     started = time.perf_counter()
     counts: Counter[str] = Counter()
-    with _errors_to_click(), app.open_store() as store:
+    with _errors_to_click(), _locked(app, "scan", wait), app.open_store() as store:
+        killed = store.mark_killed()
+        resumed = None
+        if resume is not None:
+            resumed = _run_to_resume(store, resume or None)
+            paths, mode, top_k, min_score = _resumed_args(app, resumed.args)
+        elif killed:
+            app.say(f"note: run {killed[-1]} was killed before it finished; scan --resume goes on with it")
         settings = _scan_settings(app, top_k, min_score)
         files = expand_sources(paths)
         scanner = Scanner(store, app.models, settings, mode=mode)
-        run_id = store.start_run(
-            "scan",
-            {
-                "paths": list(paths),
-                "mode": mode,
-                "top_k": settings.top_k,
-                "min_score": settings.reported_min_score,
-                "images": len(files),
-            },
-        )
+        if resumed is not None:
+            if resumed.state != scanner.state:
+                raise click.ClickException(
+                    f"the catalog or the settings changed since run {resumed.id} started; "
+                    "its results would not be comparable: start a new scan instead"
+                )
+            run_id = resumed.id
+            done = store.scanned_paths(run_id)
+            files = [f for f in files if f not in done]
+            store.reopen_run(run_id)
+        else:
+            run_id = store.start_run(
+                "scan",
+                {
+                    "paths": list(paths),
+                    "mode": mode,
+                    "top_k": settings.top_k,
+                    "min_score": min_score,
+                    "set": {k: v for k, v in app.overrides.items()},
+                    "images": len(files),
+                },
+                mode=mode,
+                state=scanner.state,
+            )
         writers = [_Writer(fmt, sys.stdout)]
-        extra = open(jsonl_path, "w", encoding="utf-8") if jsonl_path else None
+        extra = open(jsonl_path, "a" if resumed else "w", encoding="utf-8") if jsonl_path else None
+        previous = signal.signal(signal.SIGTERM, _raise_stopped)
+        status = "running"
         try:
             if extra is not None:
                 writers.append(_Writer("jsonl", extra))
             with app.progress(len(files), "scanning") as bar:
-                for result in scanner.scan(files, run_id=run_id):
+                for result in scanner.scan(files, run_id=run_id, reuse=not rescan):
                     bar.update(1)
                     counts[report.outcome(result)] += 1
+                    counts["reused"] += result.reused_from is not None
                     for w in writers:
                         w.write(result)
+            status = "finished"
+        except (KeyboardInterrupt, _Stopped) as e:
+            status = "interrupted"
+            code = 143 if isinstance(e, _Stopped) else 130
         finally:
+            signal.signal(signal.SIGTERM, previous)
             if extra is not None:
                 extra.close()
-        store.finish_run(run_id)
-    elapsed = time.perf_counter() - started
-    app.say(
-        f"run {run_id}: {len(files)} images, {counts['copy']} copies, "
-        f"{counts['near-duplicate']} near-duplicates, {counts['no match']} no match, "
-        f"{counts['error']} errors in {elapsed:.1f} s ({len(files) / max(elapsed, 1e-9):.1f} images/s)"
+            if status != "running":  # any other failure leaves it running: the next scan marks it killed
+                store.finish_run(run_id, status)
+        elapsed = time.perf_counter() - started
+        scanned = sum(counts[k] for k in ("copy", "near-duplicate", "no match", "error"))
+        reused = f" ({counts['reused']} unchanged since an earlier run)" if counts["reused"] else ""
+        line = (
+            f"run {run_id}{' (resumed)' if resumed else ''}: {scanned} images{reused}, "
+            f"{counts['copy']} copies, {counts['near-duplicate']} near-duplicates, "
+            f"{counts['no match']} no match, {counts['error']} errors in {elapsed:.1f} s "
+            f"({scanned / max(elapsed, 1e-9):.1f} images/s)"
+        )
+        if status == "interrupted":
+            click.echo(f"{line}; interrupted: copyscan scan --resume {run_id} goes on", err=True)
+            sys.exit(code)
+    app.say(line)
+
+
+def _run_to_resume(store: Any, run_id: int | None) -> Any:
+    """The run ``--resume`` names, or the newest killed or interrupted one."""
+    from detector.errors import NotFound
+
+    if run_id is None:
+        for run in store.runs():
+            if run.command == "scan" and run.status in ("killed", "interrupted"):
+                return run
+        raise NotFound("no killed or interrupted scan run to resume")
+    run = store.run(run_id)
+    if run.command != "scan" or run.status not in ("killed", "interrupted"):
+        raise click.ClickException(
+            f"run {run_id} is {run.status}, not killed or interrupted: nothing to resume"
+        )
+    return run
+
+
+def _resumed_args(app: App, args: dict[str, Any]) -> tuple[tuple[str, ...], str, int | None, float | None]:
+    """The paths, mode, --top-k and --min-score a run was started with; its --set settings
+    become this process's too (any given now are replaced)."""
+    app.overrides = dict(args.get("set") or {})
+    app.settings = app.settings.replace(**app.overrides)
+    return (
+        tuple(args.get("paths") or ()),
+        str(args.get("mode") or "fast"),
+        args.get("top_k"),
+        args.get("min_score"),
     )
 
 
@@ -465,6 +597,82 @@ def dedupe(app: App, paths: tuple[str, ...], fmt: str) -> None:
             for path in group.paths:
                 click.echo(f"    {path}")
     app.say(f"{result.images} images, {len(result.groups)} duplicate groups, {len(result.errors)} errors")
+
+
+# --- history and reports ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest runs shown.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+@click.pass_obj
+def runs(app: App, limit: int, fmt: str) -> None:
+    """Scan runs recorded in the database, newest first: status, times and counts."""
+    with _errors_to_click(), app.open_store() as store:
+        found = store.runs(limit)
+    for r in found:
+        if fmt == "jsonl":
+            click.echo(json.dumps(dataclasses.asdict(r), ensure_ascii=False))
+            continue
+        counts = "-" if r.items is None else f"{r.items} images, {r.matched} flagged, {r.errors} errors"
+        click.echo(
+            f"{r.id:>5}  {r.status:<11} {r.started_at}  {r.finished_at or '-':<25}  "
+            f"{r.mode or '-':<8} {counts}"
+        )
+
+
+@cli.command("report")
+@click.argument("run", type=int, required=False)
+@click.option(
+    "--html", "html_dir", type=click.Path(file_okay=False), help="Write an HTML report folder here."
+)
+@click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the flagged pairs as CSV here."
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
+@click.option("--new", "new_only", is_flag=True, help="Only pairs that no earlier run flagged.")
+@click.pass_obj
+def report_command(
+    app: App,
+    run: int | None,
+    html_dir: str | None,
+    csv_path: str | None,
+    json_path: str | None,
+    new_only: bool,
+) -> None:
+    """Write the infringement report of a scan run (the newest without RUN).
+
+    --html DIR: a self-contained folder (index.html and thumbnails) to open offline: for each
+    catalog image its copies side by side, the matched region outlined, sortable and
+    filterable. --csv and --json for machines. '-' writes CSV or JSON to stdout.
+    """
+    from detector import report as records
+
+    if not (html_dir or csv_path or json_path):
+        raise click.UsageError("name at least one of --html DIR, --csv FILE, --json FILE")
+    with _errors_to_click(), app.open_store() as store:
+        found = store.load_report(run, new_only=new_only)
+    if html_dir:
+        from detector.report_html import write_html
+
+        with _errors_to_click():
+            index = write_html(found, Path(html_dir), app.settings)
+        app.say(f"HTML report written to {index}")
+    if csv_path:
+        if csv_path == "-":
+            records.report_csv(found, sys.stdout)
+        else:
+            with open(csv_path, "w", encoding="utf-8", newline="") as out:
+                records.report_csv(found, out)
+    if json_path:
+        with click.open_file(json_path, "w", encoding="utf-8") as out:
+            json.dump(records.report_json(found), out, ensure_ascii=False, indent=1)
+            out.write("\n")
+    new = sum(r.new for r in found.rows)
+    app.say(
+        f"run {found.run.id} ({found.run.status}): {len(found.rows)} flagged pairs"
+        f"{' new since earlier runs' if new_only else f', {new} new since earlier runs'}"
+    )
 
 
 def main() -> None:

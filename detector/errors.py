@@ -49,3 +49,7 @@ class NotFound(CopyscanError):
 
 class ModelError(CopyscanError):
     """The embedding model's weights could not be found or loaded."""
+
+
+class ReportError(CopyscanError):
+    """A report could not be written where it was asked for."""

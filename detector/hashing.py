@@ -4,6 +4,7 @@ bit of imagehash's bit array (so ``f"{code:016x}"`` is imagehash's hex string)."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -111,6 +112,22 @@ def dihedral_image(a: np.ndarray, name: str) -> np.ndarray:
     if mirror_rows:
         a = a[::-1]
     return np.ascontiguousarray(a)
+
+
+def undo_dihedral_points(points: Sequence[tuple[float, float]], name: str) -> tuple[tuple[float, float], ...]:
+    """Points given as fractions of a transformed image's width and height, moved back to
+    where they lie in the original image (the inverse of :func:`dihedral_image`)."""
+    transpose, mirror_cols, mirror_rows = DIHEDRAL[name]
+    out = []
+    for x, y in points:
+        if mirror_rows:
+            y = 1.0 - y
+        if mirror_cols:
+            x = 1.0 - x
+        if transpose:
+            x, y = y, x
+        out.append((round(x, 4), round(y, 4)))
+    return tuple(out)
 
 
 def _dihedral_low(low: np.ndarray, name: str) -> np.ndarray:

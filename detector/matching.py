@@ -10,6 +10,7 @@ import numpy as np
 
 from .config import Settings
 from .index import Candidate
+from .infringements import Region
 from .store import CatalogEntry
 
 COPY = "copy"
@@ -31,6 +32,19 @@ class Match:
     verdict: str
     transform: str = "identity"
     inliers: int | None = None  # stage-3 RANSAC inliers; None when stage 3 did not run
+    query_region: Region | None = None  # stage 3's matched region in the query (see Evidence)
+    catalog_region: Region | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Stage 3's word on one pair: RANSAC ``inliers`` (None when either image was too smooth
+    to judge), and the region that matched in the query image (as the file is, before any
+    turn) and in the catalog image, as polygons of fractions of each one's width and height."""
+
+    inliers: int | None
+    query_region: Region | None = None
+    catalog_region: Region | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,7 @@ class ScanResult:
     dhash: int | None = None
     candidates: int = 0
     embedded: bool = False  # the CNN ran on this query
+    reused_from: int | None = None  # the stored item whose results these repeat (not rescanned)
 
     @property
     def flagged(self) -> bool:
@@ -85,12 +100,14 @@ def rerank(
     catalog_vecs: Mapping[int, np.ndarray],
     entries: Mapping[int, CatalogEntry],
     settings: Settings,
-    inliers: Mapping[int, int | None] | None = None,
+    evidence: Mapping[int, Evidence] | None = None,
 ) -> tuple[Match, ...]:
     """Score candidates by cosine between the query's descriptor for each candidate
     (``query_vecs[catalog_id]``, (1280,), the query turned as its probe matched) and the
     candidate's stored descriptor; keep those at or above the reported minimum score, best
-    first, at most ``top_k``. Candidates whose catalog entry vanished meanwhile are dropped."""
+    first, at most ``top_k``. Candidates whose catalog entry vanished meanwhile are dropped.
+    With ``evidence`` (stage 3 ran on this query) a candidate it did not check counts 0
+    inliers."""
     matches = []
     for c in candidates:
         vec = catalog_vecs.get(c.catalog_id)
@@ -98,7 +115,8 @@ def rerank(
         if vec is None or entry is None:
             continue
         cos = float(np.dot(query_vecs[c.catalog_id], vec))
-        geo = None if inliers is None else inliers.get(c.catalog_id, 0)
+        found = None if evidence is None else evidence.get(c.catalog_id, Evidence(0))
+        geo = None if found is None else found.inliers
         s = round(score(c.hamming, cos, settings, geo), 4)  # the verdict is taken on the shown score
         if s < settings.reported_min_score:
             continue
@@ -113,6 +131,8 @@ def rerank(
                 verdict=verdict(s, settings),
                 transform=c.transform,
                 inliers=geo,
+                query_region=None if found is None else found.query_region,
+                catalog_region=None if found is None else found.catalog_region,
             )
         )
     matches.sort(key=lambda m: (-m.score, m.catalog_id))

@@ -9,20 +9,24 @@ Modes:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
+from . import __version__
 from .config import Settings
 from .embedding import from_blobs
 from .errors import ImageError
-from .hashing import dihedral_image, to_sqlite
+from .hashing import dihedral_image, from_sqlite, to_sqlite, undo_dihedral_points
 from .imaging import load_image
 from .index import Candidate, HammingIndex, ProbeDistances
-from .matching import Match, ScanResult, rerank
+from .matching import Evidence, Match, ScanResult, rerank
 from .pipeline import Models, Prepared, batched, prepare_batch
-from .store import CatalogEntry, RecordedItem, Store
+from .store import CatalogEntry, RecordedItem, RecordedMatch, Store
 from .verification import Features, features, verify, verify_grey
 
 FAST = "fast"
@@ -55,6 +59,7 @@ class Scanner:
         self._features: OrderedDict[int, Features | None] = OrderedDict()
         hidden = np.array(sorted(exclude), dtype=np.int64)
         with store.snapshot():  # codes and descriptors from the same catalog state
+            generation = store.catalog_generation()
             ids, phash, dhash = store.load_codes()
             keep = ~np.isin(ids, hidden)
             self.index = HammingIndex(ids[keep], phash[keep], dhash[keep])
@@ -63,15 +68,44 @@ class Scanner:
                 keep = ~np.isin(ids, hidden)
                 self._matrix_ids = ids[keep]
                 self._matrix = from_blobs([b for b, k in zip(blobs, keep, strict=True) if k])
+        self.state = scan_state(settings, mode, generation, hidden.tolist(), store.hasher, store.embedder)
 
-    def scan(self, paths: Sequence[str], run_id: int | None = None) -> Iterator[ScanResult]:
+    def scan(
+        self, paths: Sequence[str], run_id: int | None = None, reuse: bool = False
+    ) -> Iterator[ScanResult]:
         """One :class:`ScanResult` per path, in order. With ``run_id`` each batch's results
-        are stored in the scan history as the batch completes."""
+        are stored in the scan history as the batch completes. With ``reuse``, content that
+        some run already scanned against the same :attr:`state` is not decoded again: its
+        stored results are repeated (``ScanResult.reused_from``)."""
+        reusable: dict[str, int] = {}
+
+        def known(digests: Sequence[str]) -> dict[str, int]:
+            reusable.update(self.store.reusable_items(digests, self.state))
+            return reusable
+
         for batch in batched(paths, self.settings.batch_size):
-            results = self.scan_prepared(prepare_batch(batch, self.settings))
+            prepared = prepare_batch(batch, self.settings, known=known if reuse else None)
+            fresh = iter(self.scan_prepared([p for p in prepared if not p.skipped]))
+            results = [
+                self._repeat(p, reusable[p.sha256]) if p.skipped and p.sha256 else next(fresh)
+                for p in prepared
+            ]
             if run_id is not None:
                 self.store.record_items(run_id, [_recorded(r) for r in results])
             yield from results
+
+    def _repeat(self, p: Prepared, item_id: int) -> ScanResult:
+        """The stored result of an earlier scan of the same content, under this path."""
+        item = self.store.recorded_item(item_id)
+        return ScanResult(
+            query=p.path,
+            status="ok",
+            matches=tuple(_match(m) for m in item.matches),
+            sha256=p.sha256,
+            phash=None if item.phash is None else from_sqlite(item.phash),
+            dhash=None if item.dhash is None else from_sqlite(item.dhash),
+            reused_from=item_id,
+        )
 
     def scan_prepared(self, prepared: Sequence[Prepared]) -> list[ScanResult]:
         """Stages 1 and 2 for a batch of prepared queries, one result each, in order."""
@@ -80,7 +114,9 @@ class Scanner:
         distances: dict[int, ProbeDistances] = {}
         for i, p in enumerate(prepared):
             if p.ok:
-                d = self.index.probe_distances(p.probes, s.radius_phash, s.radius_dhash, s.radius_variant)
+                d = self.index.probe_distances(
+                    p.probes, s.radius_phash, s.radius_dhash, s.radius_variant, s.radius_sum
+                )
                 distances[i] = d
                 candidates[i] = self.index.within(d, p.probes, s.max_candidates)
         need_cnn = [i for i, c in candidates.items() if c or self.mode == THOROUGH]
@@ -103,11 +139,11 @@ class Scanner:
             matches: tuple[Match, ...] = ()
             if i in need_cnn:
                 query_vecs = {c.catalog_id: vecs[i, self._turn(c)] for c in cands}
-                inliers = None
+                evidence = None
                 if s.verify:  # stage 3 on the best candidates by stages 1 and 2, all of them ranked
                     first = rerank(cands, query_vecs, catalog_vecs, entries, ranked_all)
-                    inliers = self._verify(p, first, {c.catalog_id: c for c in cands}, entries)
-                matches = rerank(cands, query_vecs, catalog_vecs, entries, s, inliers)
+                    evidence = self._verify(p, first, {c.catalog_id: c for c in cands}, entries)
+                matches = rerank(cands, query_vecs, catalog_vecs, entries, s, evidence)
             results.append(
                 ScanResult(
                     query=p.path,
@@ -145,16 +181,16 @@ class Scanner:
         ranked: Sequence[Match],
         cands: dict[int, Candidate],
         entries: dict[int, CatalogEntry],
-    ) -> dict[int, int | None] | None:
+    ) -> dict[int, Evidence] | None:
         """Stage 3 on the query's best ``verify_top`` candidates that score at least
-        ``verify_floor`` before it: RANSAC inliers by catalog id, None for a pair too smooth
-        to judge. None as a whole when no catalog image could be read (stage 3 then has no
-        say and the score is stages 1 and 2 alone)."""
+        ``verify_floor`` before it: the evidence by catalog id (its inliers None for a pair
+        too smooth to judge). None as a whole when no catalog image could be read (stage 3
+        then has no say and the score is stages 1 and 2 alone)."""
         s = self.settings
         chosen = [m for m in ranked[: s.verify_top] if m.score >= s.verify_floor]
         if p.grey is None:
             return None
-        out: dict[int, int | None] = {}
+        out: dict[int, Evidence] = {}
         query_features: dict[str, Features] = {}
         for m in chosen:
             catalog = self._catalog_features(m.catalog_id, entries[m.catalog_id].path)
@@ -164,7 +200,14 @@ class Scanner:
             if turn not in query_features:
                 query_features[turn] = features(dihedral_image(p.grey, turn))
             v = verify(query_features[turn], catalog)
-            out[m.catalog_id] = v.inliers if v.conclusive else None
+            if not v.conclusive:
+                out[m.catalog_id] = Evidence(None)
+                continue
+            if v.inliers <= s.inliers_floor or v.query_region is None:  # chance matches: no region
+                out[m.catalog_id] = Evidence(v.inliers)
+                continue
+            back = undo_dihedral_points(v.query_region, turn)
+            out[m.catalog_id] = Evidence(v.inliers, back, v.catalog_region)
         if chosen and not out:
             return None
         return out
@@ -232,6 +275,25 @@ def _dihedral(transform: str) -> str:
     return "identity" if turn == "hflip" else turn
 
 
+def scan_state(
+    settings: Settings,
+    mode: str,
+    generation: int,
+    hidden: Sequence[int],
+    hasher: str,
+    embedder: str,
+) -> str:
+    """A fingerprint of everything a scan's results depend on besides the image: the
+    catalog's generation, the settings (batch size aside), the mode, the hasher, the
+    embedder and the copyscan version. Equal fingerprints give equal results."""
+    values = dataclasses.asdict(settings)
+    values.pop("batch_size")
+    blob = json.dumps(
+        [values, mode, generation, list(hidden), hasher, embedder, __version__], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _recorded(r: ScanResult) -> RecordedItem:
     return RecordedItem(
         path=r.query,
@@ -241,6 +303,36 @@ def _recorded(r: ScanResult) -> RecordedItem:
         phash=to_sqlite(r.phash) if r.phash is not None else None,
         dhash=to_sqlite(r.dhash) if r.dhash is not None else None,
         matches=tuple(
-            (m.catalog_id, m.catalog_path, m.hamming, m.cosine, m.score, m.verdict) for m in r.matches
+            RecordedMatch(
+                catalog_id=m.catalog_id,
+                catalog_path=m.catalog_path,
+                owner=m.owner,
+                hamming=m.hamming,
+                cosine=m.cosine,
+                score=m.score,
+                verdict=m.verdict,
+                transform=m.transform,
+                inliers=m.inliers,
+                query_region=m.query_region,
+                catalog_region=m.catalog_region,
+            )
+            for m in r.matches
         ),
+        reused_from=r.reused_from,
+    )
+
+
+def _match(m: RecordedMatch) -> Match:
+    return Match(
+        catalog_id=m.catalog_id,
+        catalog_path=m.catalog_path,
+        owner=m.owner,
+        hamming=int(m.hamming or 0),
+        cosine=float(m.cosine or 0.0),
+        score=m.score,
+        verdict=m.verdict,
+        transform=m.transform or "identity",
+        inliers=m.inliers,
+        query_region=m.query_region,
+        catalog_region=m.catalog_region,
     )

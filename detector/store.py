@@ -27,6 +27,7 @@ import sqlite_utils
 
 from .errors import IncompatibleDatabase, NotFound, SchemaTooNew, StoreError
 from .hashing import from_sqlite
+from .infringements import Region, Report, ReportRow, RunInfo
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -163,8 +164,32 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL, set_at TEXT NOT NULL)")
 
 
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    # Scan history that a cron job can resume and report from: the run's status, mode and the
+    # catalog-and-settings state it scanned against; when each item was scanned and which
+    # earlier item it reused; each match's owner and stage-3 evidence.
+    for sql in (
+        "ALTER TABLE runs ADD COLUMN status TEXT NOT NULL DEFAULT 'finished'",
+        "ALTER TABLE runs ADD COLUMN mode TEXT",
+        "ALTER TABLE runs ADD COLUMN state TEXT",
+        "ALTER TABLE runs ADD COLUMN reused INTEGER",
+        "ALTER TABLE items ADD COLUMN scanned_at TEXT",
+        "ALTER TABLE items ADD COLUMN reused_from INTEGER",
+        "ALTER TABLE matches ADD COLUMN owner TEXT",
+        "ALTER TABLE matches ADD COLUMN transform TEXT",
+        "ALTER TABLE matches ADD COLUMN inliers INTEGER",
+        "ALTER TABLE matches ADD COLUMN query_region TEXT",
+        "ALTER TABLE matches ADD COLUMN catalog_region TEXT",
+        "UPDATE runs SET status = 'killed' WHERE finished_at IS NULL",
+        "CREATE INDEX runs_state ON runs (state)",
+        "CREATE INDEX items_run_path ON items (run_id, path)",
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('catalog_generation', '0')",
+    ):
+        db.execute(sql)
+
+
 # Migration N upgrades a database at schema version N-1 to version N. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1, _migrate_2)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1, _migrate_2, _migrate_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -266,10 +291,7 @@ class Store:
     def known_sha256(self, digests: Iterable[str]) -> dict[str, int]:
         """Catalog ids of the given content hashes that are already stored."""
         found: dict[str, int] = {}
-        batch = list(dict.fromkeys(digests))
-        for start in range(0, len(batch), 500):
-            part = batch[start : start + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _chunks(digests):
             for sha, cid in self.conn.execute(
                 f"SELECT sha256, id FROM catalog WHERE sha256 IN ({marks})", part
             ):
@@ -281,6 +303,7 @@ class Store:
         already present (by sha256) keeps its first entry and returns that id."""
         now = utc_now()
         ids: list[int] = []
+        added = False
         with self.write():
             for im in images:
                 cur = self.conn.execute(
@@ -305,12 +328,26 @@ class Store:
                         "INSERT INTO codes (catalog_id, variant, phash, dhash) VALUES (?, ?, ?, ?)",
                         [(cur.lastrowid, *v) for v in im.variants],
                     )
+                    added = True
                 else:
                     row = self.conn.execute(
                         "SELECT id FROM catalog WHERE sha256 = ?", (im.sha256,)
                     ).fetchone()
                     ids.append(int(row[0]))
+            if added:
+                self._bump_generation()
         return ids
+
+    def _bump_generation(self) -> None:
+        self.conn.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'catalog_generation'"
+        )
+
+    def catalog_generation(self) -> int:
+        """A number that changes whenever catalog images are added or removed: scan results
+        are reused only against the same generation."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'catalog_generation'").fetchone()
+        return int(row[0]) if row else 0
 
     def load_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every catalog code in bulk, each image's own and its variants: ids (n,) int64 (an
@@ -325,10 +362,7 @@ class Store:
     def embedding_blobs(self, ids: Sequence[int]) -> dict[int, bytes]:
         """Stored descriptors of the given catalog ids."""
         out: dict[int, bytes] = {}
-        uniq = list(dict.fromkeys(int(i) for i in ids))
-        for start in range(0, len(uniq), 500):
-            part = uniq[start : start + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _chunks(int(i) for i in ids):
             for cid, blob in self.conn.execute(
                 f"SELECT id, embedding FROM catalog WHERE id IN ({marks})", part
             ):
@@ -343,10 +377,7 @@ class Store:
     def catalog_entries(self, ids: Sequence[int]) -> dict[int, CatalogEntry]:
         """Catalog entries by id (missing ids are left out)."""
         out: dict[int, CatalogEntry] = {}
-        uniq = list(dict.fromkeys(int(i) for i in ids))
-        for start in range(0, len(uniq), 500):
-            part = uniq[start : start + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _chunks(int(i) for i in ids):
             for entry in self._entries(f"WHERE id IN ({marks})", part):
                 out[entry.id] = entry
         return out
@@ -386,6 +417,8 @@ class Store:
                 removed += self.conn.execute("DELETE FROM catalog WHERE path = ?", (path,)).rowcount
             if owner is not None:
                 removed += self.conn.execute("DELETE FROM catalog WHERE owner = ?", (owner,)).rowcount
+            if removed:
+                self._bump_generation()
         return removed
 
     def stats(self) -> CatalogStats:
@@ -420,52 +453,283 @@ class Store:
 
     # --- scan history ----------------------------------------------------------------------
 
-    def start_run(self, command: str, args: dict[str, Any]) -> int:
-        """Record the start of a scan; returns the run id."""
+    def start_run(
+        self, command: str, args: dict[str, Any], mode: str | None = None, state: str | None = None
+    ) -> int:
+        """Record the start of a scan; returns the run id. ``state`` fingerprints the catalog
+        and settings it scans against (see :attr:`detector.scanning.Scanner.state`)."""
         with self.write():
             cur = self.conn.execute(
-                "INSERT INTO runs (command, args, started_at) VALUES (?, ?, ?)",
-                (command, json.dumps(args, sort_keys=True), utc_now()),
+                "INSERT INTO runs (command, args, started_at, status, mode, state)"
+                " VALUES (?, ?, ?, 'running', ?, ?)",
+                (command, json.dumps(args, sort_keys=True), utc_now(), mode, state),
             )
         if cur.lastrowid is None:
             raise StoreError("could not record the run")
         return int(cur.lastrowid)
 
     def record_items(self, run_id: int, items: Sequence[RecordedItem]) -> None:
-        """Store scanned items and their matches in one transaction."""
+        """Store scanned items and their matches in one transaction: a killed run keeps every
+        batch it recorded and nothing of the batch it was in."""
+        now = utc_now()
         with self.write():
             for item in items:
                 cur = self.conn.execute(
-                    "INSERT INTO items (run_id, path, sha256, status, error, phash, dhash)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, item.path, item.sha256, item.status, item.error, item.phash, item.dhash),
+                    "INSERT INTO items"
+                    " (run_id, path, sha256, status, error, phash, dhash, scanned_at, reused_from)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        item.path,
+                        item.sha256,
+                        item.status,
+                        item.error,
+                        item.phash,
+                        item.dhash,
+                        now,
+                        item.reused_from,
+                    ),
                 )
                 item_id = cur.lastrowid
                 self.conn.executemany(
-                    "INSERT INTO matches (item_id, catalog_id, catalog_path, hamming, cosine, score, verdict)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(item_id, *m) for m in item.matches],
+                    "INSERT INTO matches (item_id, catalog_id, catalog_path, owner, hamming, cosine, score,"
+                    " verdict, transform, inliers, query_region, catalog_region)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(item_id, *m.row()) for m in item.matches],
                 )
 
-    def finish_run(self, run_id: int) -> None:
-        """Record the end of a run with its counts."""
+    def finish_run(self, run_id: int, status: str = "finished") -> None:
+        """Record the end of a run ('finished', or 'interrupted' when stopped by a signal)
+        with its counts."""
         with self.write():
             self.conn.execute(
-                "UPDATE runs SET finished_at = ?,"
+                "UPDATE runs SET finished_at = ?, status = ?,"
                 " items = (SELECT count(*) FROM items WHERE run_id = ?),"
                 " errors = (SELECT count(*) FROM items WHERE run_id = ? AND status = 'error'),"
+                " reused = (SELECT count(*) FROM items WHERE run_id = ? AND reused_from IS NOT NULL),"
                 " matched = (SELECT count(DISTINCT items.id) FROM items"
                 "            JOIN matches ON matches.item_id = items.id"
                 "            WHERE items.run_id = ? AND matches.verdict != 'none')"
                 " WHERE id = ?",
-                (utc_now(), run_id, run_id, run_id, run_id),
+                (utc_now(), status, run_id, run_id, run_id, run_id, run_id),
             )
+
+    def mark_killed(self) -> list[int]:
+        """Runs still marked 'running' become 'killed'; call only while holding the database
+        lock (no live scan can then be running). Returns their ids, for resuming."""
+        with self.write():
+            ids = [int(r[0]) for r in self.conn.execute("SELECT id FROM runs WHERE status = 'running'")]
+            self.conn.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
+        return ids
+
+    def reopen_run(self, run_id: int) -> None:
+        """Mark a killed or interrupted run as running again (it is being resumed)."""
+        with self.write():
+            self.conn.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?", (run_id,)
+            )
+
+    def runs(self, limit: int | None = None) -> list[RunInfo]:
+        """Recorded runs, newest first."""
+        sql = _RUN_SELECT + " ORDER BY id DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
+        return [_run_info(r) for r in self.conn.execute(sql)]
+
+    def run(self, run_id: int | None = None) -> RunInfo:
+        """One run, or the newest when ``run_id`` is None; :class:`NotFound` if there is none."""
+        if run_id is None:
+            row = self.conn.execute(_RUN_SELECT + " ORDER BY id DESC LIMIT 1").fetchone()
+        else:
+            row = self.conn.execute(_RUN_SELECT + " WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise NotFound("no scan run recorded yet" if run_id is None else f"no run {run_id}")
+        return _run_info(row)
+
+    def scanned_paths(self, run_id: int) -> set[str]:
+        """Paths a run has recorded already (to resume it)."""
+        return {r[0] for r in self.conn.execute("SELECT path FROM items WHERE run_id = ?", (run_id,))}
+
+    def reusable_items(self, digests: Iterable[str], state: str) -> dict[str, int]:
+        """For content already scanned successfully by a run against the same ``state``: its
+        latest item id, by sha256."""
+        found: dict[str, int] = {}
+        for part, marks in _chunks(digests):
+            for sha, item_id in self.conn.execute(
+                "SELECT items.sha256, max(items.id) FROM items JOIN runs ON runs.id = items.run_id"
+                f" WHERE runs.state = ? AND items.status = 'ok' AND items.sha256 IN ({marks})"
+                " GROUP BY items.sha256",
+                [state, *part],
+            ):
+                found[sha] = int(item_id)
+        return found
+
+    def recorded_item(self, item_id: int) -> RecordedItem:
+        """One stored item with its matches, best first."""
+        row = self.conn.execute(
+            "SELECT path, sha256, status, error, phash, dhash FROM items WHERE id = ?", (item_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no scanned item {item_id}")
+        matches = tuple(
+            RecordedMatch(
+                catalog_id=int(m[0]),
+                catalog_path=m[1],
+                owner=m[2],
+                hamming=m[3],
+                cosine=m[4],
+                score=float(m[5]),
+                verdict=m[6],
+                transform=m[7],
+                inliers=m[8],
+                query_region=_region(m[9]),
+                catalog_region=_region(m[10]),
+            )
+            for m in self.conn.execute(
+                "SELECT catalog_id, catalog_path, owner, hamming, cosine, score, verdict, transform,"
+                " inliers, query_region, catalog_region FROM matches WHERE item_id = ?"
+                " ORDER BY score DESC, catalog_id",
+                (item_id,),
+            )
+        )
+        return RecordedItem(row[0], row[1], row[2], row[3], row[4], row[5], matches, item_id)
+
+    def load_report(self, run_id: int | None = None, new_only: bool = False) -> Report:
+        """A run's flagged pairs with their evidence, best first (see :class:`Report`).
+        A pair is new when no earlier run flagged the same content against the same catalog
+        image."""
+        run = self.run(run_id)
+        prev = self.conn.execute(
+            "SELECT max(id) FROM runs WHERE id < ? AND status = 'finished'", (run.id,)
+        ).fetchone()[0]
+        rows = []
+        for r in self.conn.execute(
+            "SELECT items.id, items.path, items.sha256, coalesce(items.scanned_at, runs.started_at),"
+            " m.catalog_id, m.catalog_path, coalesce(m.owner, catalog.owner), m.score, m.verdict,"
+            " m.cosine, m.hamming, m.transform, m.inliers, m.query_region, m.catalog_region,"
+            " NOT EXISTS (SELECT 1 FROM matches m2 JOIN items i2 ON i2.id = m2.item_id"
+            "             WHERE i2.run_id < items.run_id AND i2.sha256 = items.sha256"
+            "             AND m2.catalog_id = m.catalog_id AND m2.verdict != 'none')"
+            " FROM matches m JOIN items ON items.id = m.item_id JOIN runs ON runs.id = items.run_id"
+            " LEFT JOIN catalog ON catalog.id = m.catalog_id"
+            " WHERE items.run_id = ? AND m.verdict != 'none'"
+            " ORDER BY m.score DESC, items.id, m.catalog_id",
+            (run.id,),
+        ):
+            new = bool(r[15])
+            if new_only and not new:
+                continue
+            rows.append(
+                ReportRow(
+                    run_id=run.id,
+                    item_id=int(r[0]),
+                    query_path=r[1],
+                    query_sha256=r[2],
+                    scanned_at=r[3],
+                    catalog_id=int(r[4]),
+                    catalog_path=r[5] or "",
+                    owner=r[6],
+                    score=float(r[7]),
+                    verdict=r[8],
+                    cosine=r[9],
+                    hamming=r[10],
+                    transform=r[11],
+                    inliers=r[12],
+                    query_region=_region(r[13]),
+                    catalog_region=_region(r[14]),
+                    new=new,
+                )
+            )
+        return Report(run, tuple(rows), new_only, prev, utc_now())
+
+
+def _chunks(values: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+    """Distinct values in chunks small enough for one ``IN (...)`` clause, each with its
+    ``?,?,...`` placeholders."""
+    uniq = list(dict.fromkeys(values))
+    for start in range(0, len(uniq), size):
+        part = uniq[start : start + size]
+        yield part, ",".join("?" * len(part))
+
+
+_RUN_SELECT = (
+    "SELECT id, command, args, started_at, finished_at, status, mode, items, errors, matched, state"
+    " FROM runs"
+)
+
+
+def _run_info(row: Sequence[Any]) -> RunInfo:
+    try:
+        args = json.loads(row[2]) if row[2] else {}
+    except ValueError:
+        args = {}
+    return RunInfo(
+        id=int(row[0]),
+        command=row[1],
+        args=args if isinstance(args, dict) else {},
+        started_at=row[3],
+        finished_at=row[4],
+        status=row[5],
+        mode=row[6],
+        items=row[7],
+        errors=row[8],
+        matched=row[9],
+        state=row[10],
+    )
+
+
+def _region(text: str | None) -> Region | None:
+    """A polygon stored as JSON ``[[x, y], ...]``; None for none or for text that is not one."""
+    if not text:
+        return None
+    try:
+        points = json.loads(text)
+        return tuple((float(x), float(y)) for x, y in points)
+    except (ValueError, TypeError):
+        return None
+
+
+def region_json(region: Region | None) -> str | None:
+    """A polygon as compact JSON text for the database."""
+    return None if region is None else json.dumps([list(p) for p in region], separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RecordedMatch:
+    """One match as stored, with its stage-3 evidence."""
+
+    catalog_id: int
+    catalog_path: str
+    owner: str | None
+    hamming: int | None
+    cosine: float | None
+    score: float
+    verdict: str
+    transform: str | None = None
+    inliers: int | None = None
+    query_region: Region | None = None
+    catalog_region: Region | None = None
+
+    def row(self) -> tuple[Any, ...]:
+        """Values in the column order of the ``matches`` insert."""
+        return (
+            self.catalog_id,
+            self.catalog_path,
+            self.owner,
+            self.hamming,
+            self.cosine,
+            self.score,
+            self.verdict,
+            self.transform,
+            self.inliers,
+            region_json(self.query_region),
+            region_json(self.catalog_region),
+        )
 
 
 @dataclass(frozen=True)
 class RecordedItem:
-    """One scanned item as stored: codes are signed int64 or None; each match is
-    ``(catalog_id, catalog_path, hamming, cosine, score, verdict)``."""
+    """One scanned item as stored: codes are signed int64 or None; ``reused_from`` is the id
+    of the earlier item whose results it repeats (same content, same catalog and settings)
+    when it was not scanned again; when loaded, ``reused_from`` is the item's own id."""
 
     path: str
     sha256: str | None
@@ -473,4 +737,5 @@ class RecordedItem:
     error: str | None
     phash: int | None
     dhash: int | None
-    matches: tuple[tuple[int, str, int | None, float | None, float, str], ...]
+    matches: tuple[RecordedMatch, ...]
+    reused_from: int | None = None

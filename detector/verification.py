@@ -14,12 +14,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .infringements import Region
+
 VERIFY_SIDE = 512  # pixels: keypoints are found on images no longer than this
 _MIN_SIDE = 320  # smaller images are enlarged to this first: ORB finds few points in thumbnails
 _FEATURES = 1000
 MIN_KEYPOINTS = 60  # fewer on either side (smooth or tiny images): stage 3 abstains
 _RATIO = 0.8  # Lowe's ratio test on Hamming distances
 _REPROJECTION = 6.0  # RANSAC inlier threshold, pixels at VERIFY_SIDE
+_REGION_POINTS = 16  # most corners of a matched-region polygon
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,15 +36,20 @@ class Features:
     height: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Verification:
     """The outcome for one pair: ``matches`` passed the ratio test, ``inliers`` of them agree
     on the fitted affine map (0 when none could be fitted); ``keypoints`` is the smaller of
-    the two images' keypoint counts. Below ``MIN_KEYPOINTS`` stage 3 cannot judge the pair."""
+    the two images' keypoint counts. Below ``MIN_KEYPOINTS`` stage 3 cannot judge the pair.
+    ``query_region`` and ``catalog_region`` outline the inliers in each image (the convex
+    hull, as fractions of the width and height of the image given to :func:`features`);
+    None with fewer than three inliers or when they lie on a line."""
 
     matches: int
     inliers: int
     keypoints: int = 0
+    query_region: Region | None = None
+    catalog_region: Region | None = None
 
     @property
     def conclusive(self) -> bool:
@@ -90,4 +98,28 @@ def verify(query: Features, catalog: Features) -> Verification:
     )
     if model is None or mask is None:
         return Verification(len(good), 0, keypoints)
-    return Verification(len(good), int(mask.sum()), keypoints)
+    inlier = mask.ravel().astype(bool)
+    return Verification(
+        len(good),
+        int(inlier.sum()),
+        keypoints,
+        region(src[inlier], query.width, query.height),
+        region(dst[inlier], catalog.width, catalog.height),
+    )
+
+
+def region(points: np.ndarray, width: int, height: int) -> Region | None:
+    """The convex hull of (n, 2) pixel points, simplified to at most ``_REGION_POINTS``
+    corners, as fractions of ``width`` and ``height``; None when it encloses no area."""
+    if len(points) < 3:
+        return None
+    hull = cv2.convexHull(np.ascontiguousarray(points, dtype=np.float32))
+    if cv2.contourArea(hull) < 1.0:
+        return None
+    epsilon = 0.005 * cv2.arcLength(hull, True)
+    while len(hull) > _REGION_POINTS:
+        hull = cv2.approxPolyDP(hull, epsilon, True)
+        epsilon *= 2
+    size = np.array([max(width, 1), max(height, 1)], dtype=np.float64)
+    corners = np.clip(hull.reshape(-1, 2) / size, 0.0, 1.0)
+    return tuple((round(float(x), 4), round(float(y), 4)) for x, y in corners)

@@ -11,12 +11,15 @@ import skimage.data
 from PIL import Image
 
 from detector.hashing import (
+    DIHEDRAL,
     Codes,
+    dihedral_image,
     from_sqlite,
     hamming,
     image_codes,
     pack_bits,
     to_sqlite,
+    undo_dihedral_points,
     unpack_bits,
 )
 from detector.imaging import load_image
@@ -109,3 +112,16 @@ def test_dihedral_names_are_numpy_rotations():
     assert (dihedral_image(a, "rot180") == np.rot90(a, 2)).all()
     assert (dihedral_image(a, "hflip") == np.fliplr(a)).all()
     assert (dihedral_image(a, "vflip") == np.flipud(a)).all()
+
+
+@pytest.mark.parametrize("name", list(DIHEDRAL))
+def test_points_move_back_from_a_turned_image(name):
+    """A pixel found at some place in the turned image is put back where it was."""
+    h, w = 40, 60
+    grid = np.zeros((h, w), np.uint8)
+    grid[7, 45] = 255  # row 7, column 45
+    turned = dihedral_image(grid, name)
+    row, col = np.argwhere(turned == 255)[0]
+    th, tw = turned.shape
+    ((x, y),) = undo_dihedral_points([((col + 0.5) / tw, (row + 0.5) / th)], name)
+    assert x == pytest.approx(45.5 / w, abs=1e-3) and y == pytest.approx(7.5 / h, abs=1e-3)

@@ -9,7 +9,7 @@ import pytest
 
 from detector.errors import IncompatibleDatabase, NotFound, SchemaTooNew, StoreError
 from detector.hashing import to_sqlite
-from detector.store import SCHEMA_VERSION, NewCatalogImage, RecordedItem, Store
+from detector.store import SCHEMA_VERSION, NewCatalogImage, RecordedItem, RecordedMatch, Store
 
 
 def _open(path, hasher="h1", embedder="e1", create=True):
@@ -34,7 +34,11 @@ def test_new_database_is_wal_versioned_and_names_its_identities(tmp_path):
     with _open(db) as store:
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert dict(store.conn.execute("SELECT key, value FROM meta")) == {"hasher": "h1", "embedder": "e1"}
+        assert dict(store.conn.execute("SELECT key, value FROM meta")) == {
+                "hasher": "h1",
+                "embedder": "e1",
+                "catalog_generation": "0",
+            }
         assert {"catalog", "runs", "items", "matches", "meta"} <= set(store.db.table_names())
 
 
@@ -112,19 +116,101 @@ def test_failed_write_rolls_back(tmp_path):
 def test_runs_items_and_matches_are_recorded(tmp_path):
     with _open(tmp_path / "c.db") as store:
         (cid,) = store.add_catalog_images([_image(1, 1)])
-        run = store.start_run("scan", {"paths": ["a"]})
+        copy = RecordedMatch(
+            cid,
+            "/cat/1.jpg",
+            "Ann",
+            3,
+            0.9,
+            0.8,
+            "copy",
+            "hflip",
+            40,
+            ((0.1, 0.2), (0.9, 0.2), (0.5, 0.8)),
+            None,
+        )
+        run = store.start_run("scan", {"paths": ["a"]}, "fast", "state-1")
         store.record_items(
             run,
             [
-                RecordedItem("a.jpg", "s1", "ok", None, 1, 2, ((cid, "/cat/1.jpg", 3, 0.9, 0.8, "copy"),)),
+                RecordedItem("a.jpg", "s1", "ok", None, 1, 2, (copy,)),
                 RecordedItem("b.jpg", None, "error", "CorruptImage: x", None, None, ()),
-                RecordedItem("c.jpg", "s3", "ok", None, 5, 6, ((cid, "/cat/1.jpg", 9, 0.5, 0.2, "none"),)),
+                RecordedItem(
+                    "c.jpg",
+                    "s3",
+                    "ok",
+                    None,
+                    5,
+                    6,
+                    (RecordedMatch(cid, "/cat/1.jpg", None, 9, 0.5, 0.2, "none"),),
+                ),
             ],
         )
+        assert store.run(run).status == "running" and store.run().id == run
         store.finish_run(run)
-        row = store.conn.execute("SELECT items, errors, matched, finished_at FROM runs").fetchone()
-        assert row[:3] == (3, 1, 1) and row[3]
+        row = store.conn.execute("SELECT items, errors, matched, finished_at, status FROM runs").fetchone()
+        assert row[:3] == (3, 1, 1) and row[3] and row[4] == "finished"
         assert store.stats().runs == 1
+        a = store.recorded_item(store.reusable_items(["s1"], "state-1")["s1"])
+        assert a.matches == (copy,) and a.phash == 1  # regions survive the JSON round trip
+        assert store.reusable_items(["s1", "s3", "zz"], "other state") == {}
+        assert set(store.reusable_items(["s1", "s3", "zz"], "state-1")) == {"s1", "s3"}
+
+
+def test_report_marks_pairs_no_earlier_run_flagged_as_new(tmp_path):
+    with _open(tmp_path / "c.db") as store:
+        c1, c2 = store.add_catalog_images([_image(1, 1), _image(2, 2)])
+
+        def flagged(cid: int, score: float) -> RecordedMatch:
+            return RecordedMatch(cid, f"/cat/{cid}.jpg", "Owner", 2, 0.9, score, "copy")
+
+        first = store.start_run("scan", {}, "fast", "s")
+        store.record_items(first, [RecordedItem("x.jpg", "sx", "ok", None, 1, 1, (flagged(c1, 0.9),))])
+        store.finish_run(first)
+        second = store.start_run("scan", {}, "fast", "s")
+        store.record_items(
+            second,
+            [
+                RecordedItem("renamed-x.jpg", "sx", "ok", None, 1, 1, (flagged(c1, 0.9), flagged(c2, 0.6))),
+                RecordedItem("y.jpg", "sy", "ok", None, 1, 1, (flagged(c1, 0.95),)),
+            ],
+        )
+        store.finish_run(second)
+        report = store.load_report()
+        assert report.run.id == second and report.previous_run == first
+        assert [(r.query_path, r.catalog_id, r.new) for r in report.rows] == [
+            ("y.jpg", c1, True),
+            ("renamed-x.jpg", c1, False),  # same content, same catalog image: seen before
+            ("renamed-x.jpg", c2, True),
+        ]
+        assert [r.query_path for r in store.load_report(second, new_only=True).rows] == [
+            "y.jpg",
+            "renamed-x.jpg",
+        ]
+        assert [r.new for r in store.load_report(first).rows] == [True]
+
+
+def test_catalog_generation_changes_with_every_add_and_remove(tmp_path):
+    with _open(tmp_path / "c.db") as store:
+        g0 = store.catalog_generation()
+        (cid,) = store.add_catalog_images([_image(1, 1)])
+        g1 = store.catalog_generation()
+        store.add_catalog_images([_image(1, 1)])  # known content: nothing changes
+        assert store.catalog_generation() == g1 > g0
+        store.remove_catalog(ids=[cid])
+        assert store.catalog_generation() > g1
+
+
+def test_runs_left_running_are_marked_killed_and_can_be_reopened(tmp_path):
+    with _open(tmp_path / "c.db") as store:
+        run = store.start_run("scan", {"paths": ["a"]})
+        store.record_items(run, [RecordedItem("a.jpg", "s1", "ok", None, 1, 2, ())])
+        assert store.mark_killed() == [run] and store.run(run).status == "killed"
+        assert store.scanned_paths(run) == {"a.jpg"}
+        store.reopen_run(run)
+        assert store.run(run).status == "running"
+        store.finish_run(run, "interrupted")
+        assert store.run(run).status == "interrupted" and store.runs()[0].items == 1
 
 
 def test_variant_codes_are_loaded_with_their_image_and_removed_with_it(tmp_path):
@@ -159,7 +245,7 @@ def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
     )
     conn.close()
     with _open(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         ids, phash, _ = store.load_codes()
         assert phash.tolist() == [2**64 - 1] and len(ids) == 1
         assert {"codes", "settings"} <= set(store.db.table_names())

@@ -9,7 +9,7 @@ import skimage.data
 
 from detector.hashing import dihedral_image
 from detector.matching import score
-from detector.verification import VERIFY_SIDE, Verification, features, verify, verify_grey
+from detector.verification import VERIFY_SIDE, features, verify, verify_grey
 
 from .conftest import textured
 
@@ -57,7 +57,25 @@ def test_a_thumbnail_is_enlarged_and_still_verifies(astronaut):
 
 def test_featureless_images_give_zero_not_an_error():
     flat = np.full((200, 300, 3), 128, np.uint8)
-    assert verify(_features(flat), _features(textured(3, (300, 200)))) == Verification(0, 0)
+    v = verify(_features(flat), _features(textured(3, (300, 200))))
+    assert (v.matches, v.inliers, v.keypoints, v.query_region) == (0, 0, 0, None)
+    assert not v.conclusive
+
+
+def test_the_matched_region_outlines_where_the_copy_came_from(astronaut):
+    """A copy of the right half: in the catalog image the region lies in the right half, in
+    the copy it covers most of the picture."""
+    w = astronaut.shape[1]
+    right = np.ascontiguousarray(astronaut[:, w // 2 :])
+    v = verify(_features(right), _features(astronaut))
+    assert v.inliers >= 50
+    assert v.catalog_region is not None and v.query_region is not None
+    assert 3 <= len(v.catalog_region) <= 16
+    xs = [x for x, _ in v.catalog_region]
+    assert min(xs) >= 0.45 and max(xs) >= 0.9
+    qx = [x for x, _ in v.query_region]
+    qy = [y for _, y in v.query_region]
+    assert min(qx) <= 0.1 and max(qx) >= 0.9 and min(qy) <= 0.1 and max(qy) >= 0.9
 
 
 def test_score_with_stage_3_rises_with_inliers_and_stays_in_range(settings):
