@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -31,15 +32,17 @@ from detector.imaging import load_image
 from detector.verification import Features, features, verify, verify_grey
 
 FLOOR = 10  # Settings().inliers_floor
+T = TypeVar("T")
+Sift = tuple[np.ndarray, np.ndarray | None]
 
 
-def _sift_features(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def _sift_features(grey: np.ndarray) -> Sift:
     sift = cv2.SIFT.create(nfeatures=1000)
     keypoints, descriptors = sift.detectAndCompute(grey, None)
     return np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2), descriptors
 
 
-def _sift_verify(q: tuple[np.ndarray, np.ndarray | None], c: tuple[np.ndarray, np.ndarray | None]) -> int:
+def _sift_verify(q: Sift, c: Sift) -> int:
     if q[1] is None or c[1] is None or len(q[0]) < 4 or len(c[0]) < 4:
         return 0
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(q[1], c[1], k=2)
@@ -52,16 +55,18 @@ def _sift_verify(q: tuple[np.ndarray, np.ndarray | None], c: tuple[np.ndarray, n
     return 0 if mask is None else int(mask.sum())
 
 
-def _time(fn: Callable[[], object]) -> tuple[object, float]:
+def _time(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     return out, time.perf_counter() - start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("corpus", type=Path, help="folder written by benchmarks/corpus.py")
-    parser.add_argument("--pairs", type=int, default=200, help="sampled images (copy pairs; as many unrelated)")
+    parser.add_argument("--pairs", type=int, default=200, help="sampled images (as many unrelated)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
@@ -73,9 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     greys = {int(i): verify_grey(load_image(paths[int(i)], settings).rgb) for i in chosen}
     ours: dict[str, list[float]] = {"keypoints": [], "match": []}
     peer: dict[str, list[float]] = {"keypoints": [], "match": []}
-    inliers: dict[tuple[str, str], list[int]] = {(w, k): [] for w in ("ours", "peer") for k in ("copy", "other")}
+    inliers: dict[tuple[str, str], list[int]] = {
+        (who, kind): [] for who in ("ours", "peer") for kind in ("copy", "other")
+    }
     orb_cache: dict[int, Features] = {}
-    sift_cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    sift_cache: dict[int, Sift] = {}
     keys = list(greys)
     for n, i in enumerate(keys):
         rgb = load_image(paths[i], settings).rgb
@@ -85,17 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for j in (i, other):
             orb_cache.setdefault(j, features(greys[j]))
             sift_cache.setdefault(j, _sift_features(greys[j]))
-        q_orb, t = _time(lambda: features(copy))
+        q_orb, t = _time(features, copy)
         ours["keypoints"].append(t)
-        q_sift, t = _time(lambda: _sift_features(copy))
+        q_sift, t = _time(_sift_features, copy)
         peer["keypoints"].append(t)
         for kind, j in (("copy", i), ("other", other)):
-            v, t = _time(lambda: verify(q_orb, orb_cache[j]))  # type: ignore[arg-type]
+            v, t = _time(verify, q_orb, orb_cache[j])
             ours["match"].append(t)
-            inliers["ours", kind].append(v.inliers)  # type: ignore[attr-defined]
-            s, t = _time(lambda: _sift_verify(q_sift, sift_cache[j]))  # type: ignore[arg-type]
+            inliers["ours", kind].append(v.inliers)
+            found, t = _time(_sift_verify, q_sift, sift_cache[j])
             peer["match"].append(t)
-            inliers["peer", kind].append(int(s))  # type: ignore[call-overload]
+            inliers["peer", kind].append(found)
     print(f"{len(keys)} copy pairs and {len(keys)} unrelated pairs from {args.corpus}; one thread")
     print(f"{'':34}{'ours (ORB + affine)':>22}{'peer (SIFT + homography)':>27}")
     for label, key in (("keypoints of the query, ms", "keypoints"), ("match + RANSAC per pair, ms", "match")):
