@@ -108,3 +108,65 @@ def test_unturned_probes_must_stay_close_on_both_codes() -> None:
     assert index.search_probes([Probe("identity", ten_bits, far)], 14, 14, 5)  # no sum: found
     (c,) = index.search_probes([Probe("rot90", 0, far)], 14, 14, 5, radius_variant=8, radius_sum=34)
     assert c.transform == "rot90" and c.hamming_dhash == 30
+
+
+def _scanner_like(seed: int) -> tuple[HammingIndex, HammingIndex, list[list]]:
+    """The same catalog searched by brute force and through hash tables, and query probe
+    sets like the scanner's: unturned and turned, some without a dHash, near some images."""
+    from detector.hashing import Probe
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    ids = rng.integers(0, 1000, n)  # about three codes per image
+    phash = rng.integers(0, 2**64, n, dtype=np.uint64)
+    dhash = rng.integers(0, 2**64, n, dtype=np.uint64)
+    brute = HammingIndex(ids, phash, dhash, mih=False)
+    tables = HammingIndex(ids, phash, dhash, mih=True)
+    queries = []
+    for _ in range(12):
+        rows = rng.integers(0, n, 6)
+        probes = []
+        for k, r in enumerate(rows):
+            bits = [int(b) for b in rng.permutation(64)[: rng.integers(0, 18)]]
+            name = ("identity", "identity+trim", "hflip", "rot90", "rot90+trim", "vflip")[k]
+            dh = None if name.startswith("rot90") else _flip(int(dhash[r]), bits[::2])
+            probes.append(Probe(name, _flip(int(phash[r]), bits), dh))
+        queries.append(probes)
+    return brute, tables, queries
+
+
+@pytest.mark.parametrize(
+    "radii", [(14, 14, 8, 34), (14, 14, 8, 128), (6, 9, 64, 128), (0, 0, 0, 0), (12, 30, 8, 34)]
+)
+def test_hash_tables_give_the_brute_force_answers(radii: tuple[int, int, int, int]) -> None:
+    brute, tables, queries = _scanner_like(7)
+    assert tables._tables is not None and brute._tables is None
+    for probes in queries:
+        a = brute.probe_distances(probes, *radii)
+        b = tables.probe_distances(probes, *radii)
+        assert a.rows is None
+        assert brute.within(a, probes, 50) == tables.within(b, probes, 50)
+        assert brute.within(a, probes, 3) == tables.within(b, probes, 3)
+        some = [int(i) for i in brute.ids[::97]] + [5000]  # far or near, and one unknown id
+        assert brute.best_per_image(a, probes, some) == tables.best_per_image(b, probes, some)
+    # a radius past what the tables serve falls back to brute force, with the same answer
+    probes = queries[0]
+    wide = tables.probe_distances(probes, 40, 14)
+    assert wide.rows is None and tables.within(wide, probes, 9) == brute.search_probes(probes, 40, 14, 9)
+
+
+def test_hash_tables_are_built_once_brute_force_has_cost_as_much(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detector import index as index_module
+
+    monkeypatch.setattr(index_module, "_MIH_MIN_CODES", 1000)
+    brute, _, queries = _scanner_like(8)
+    auto = HammingIndex(brute.ids, brute.phash, brute.dhash)
+    for probes in queries:  # 6 probes each: the tables come after _MIH_AFTER_PROBES
+        built = auto._tables is not None
+        assert auto.search_probes(probes, 14, 14, 20, 8, 34) == brute.search_probes(probes, 14, 14, 20, 8, 34)
+        assert (auto._tables is not None) == (built or auto._brute_probes >= index_module._MIH_AFTER_PROBES)
+    assert auto._tables is not None and auto.nbytes > brute.nbytes
+    small = HammingIndex(brute.ids[:999], brute.phash[:999], brute.dhash[:999])
+    for probes in queries * 3:
+        small.search_probes(probes, 14, 14, 20)
+    assert small._tables is None  # too few codes to pay
