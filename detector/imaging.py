@@ -4,8 +4,10 @@ per-image error.
 Policy:
 - formats are allow-listed (JPEG, PNG, GIF, WebP, BMP, TIFF); Pillow is told to try only
   those parsers, so EPS/PDF/FITS/SVG bytes are never parsed, whatever their extension;
-- the pixel count is checked from the header, before any pixel is decoded; untrusted bytes
-  are decoded by Pillow only, after that check (OpenCV only resizes arrays we already hold);
+- the pixel count is checked from the header, before any pixel is decoded (a WebP's before
+  Pillow opens it: libwebp allocates its canvas on open); untrusted bytes are decoded by
+  Pillow only, after that check (OpenCV only resizes arrays we already hold);
+- whatever Pillow raises on malformed bytes (:data:`PILLOW_FAILURES`) is a ``CorruptImage``;
 - animated images (GIF, WebP, APNG): the first frame is used, and ``animated`` says so;
 - EXIF orientation is applied; alpha is composited on a fixed white background;
 - 16-bit, 32-bit and float greyscale are rescaled to 8 bits; palette, CMYK, YCbCr, 1-bit
@@ -18,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,27 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 )
 BACKGROUND_RGB: tuple[int, int, int] = (255, 255, 255)
+
+# What Pillow raises while it reads malformed bytes: OSError and SyntaxError mostly, but its
+# plugins also trip on IndexError, KeyError, struct.error, ZeroDivisionError, their own
+# asserts... (fuzz/fuzz_loader.py finds them). Raised from Pillow, each means one thing: this
+# image is corrupt, the run goes on. Not ``Exception`` itself: an exception raised by a signal
+# handler (the CLI's SIGTERM stop) must pass through the loader.
+PILLOW_FAILURES: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    struct.error,
+    EOFError,
+    LookupError,  # IndexError, KeyError
+    TypeError,
+    AttributeError,
+    ArithmeticError,  # ZeroDivisionError, OverflowError
+    AssertionError,
+    RuntimeError,  # RecursionError, NotImplementedError
+    MemoryError,
+    BufferError,
+)
 
 
 @dataclass(frozen=True)
@@ -70,12 +95,21 @@ def read_bytes(path: str | os.PathLike[str], settings: Settings) -> bytes:
         st = p.stat()
     except OSError as e:
         raise UnreadablePath(f"cannot read {p}: {e.strerror or e}") from e
-    if not p.is_file():
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device is never even opened
         raise UnreadablePath(f"not a regular file: {p}")
     if st.st_size > settings.max_file_bytes:
         raise DecompressionBomb(f"file is {st.st_size} bytes, over the limit of {settings.max_file_bytes}")
     try:
-        with open(p, "rb") as f:
+        # The path may have been swapped since the stat (a crawl folder changes under a long
+        # run): open without blocking, so a FIFO put there cannot hang the run, and judge what
+        # was opened. The read stops one byte past the limit, so a file that grew is refused.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise UnreadablePath(f"cannot read {p}: {e.strerror or e}") from e
+    try:
+        with open(fd, "rb", closefd=True) as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnreadablePath(f"not a regular file: {p}")
             return f.read(settings.max_file_bytes + 1)
     except OSError as e:
         raise UnreadablePath(f"cannot read {p}: {e.strerror or e}") from e
@@ -95,6 +129,7 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
         raise DecompressionBomb(f"image is {len(data)} bytes, over the limit of {settings.max_file_bytes}")
     if not data:
         raise UnsupportedFormat("empty file")
+    _check_declared_size(data, settings)
     with warnings.catch_warnings():
         # Pillow's own bomb check is a warning below 2x its limit; ours runs first anyway.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -106,8 +141,8 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
             raise UnsupportedFormat(
                 "not an image in an allowed format (" + ", ".join(ALLOWED_FORMATS) + ")"
             ) from e
-        except (OSError, ValueError, SyntaxError) as e:
-            raise CorruptImage(f"unreadable image header: {e}") from e
+        except PILLOW_FAILURES as e:
+            raise CorruptImage(f"unreadable image header: {_why(e)}") from e
         with im:
             width, height = im.size
             if width * height > settings.max_pixels:
@@ -117,19 +152,53 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
             if min(width, height) < settings.min_side:
                 raise UnhashableImage(f"{width}x{height} is smaller than {settings.min_side} px on a side")
             fmt = im.format or "?"
-            # is_animated looks for a second frame only; n_frames would walk them all.
-            animated = bool(getattr(im, "is_animated", False))
             try:
+                # is_animated looks for a second frame only (n_frames would walk them all), and
+                # only the first frame is ever decoded: the cost of an animation is that of
+                # its first frame plus one pass over its bytes, whatever its frame count.
+                animated = bool(getattr(im, "is_animated", False))
                 im.seek(0)
                 im.load()
                 upright: Image.Image = ImageOps.exif_transpose(im) or im
                 rgb = to_rgb(upright)
             except Image.DecompressionBombError as e:
                 raise DecompressionBomb(str(e)) from e
-            except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-                raise CorruptImage(f"cannot decode {fmt} data: {e}") from e
+            except PILLOW_FAILURES as e:
+                raise CorruptImage(f"cannot decode {fmt} data: {_why(e)}") from e
     check_hashable(rgb, settings)
     return LoadedImage(rgb=rgb, sha256=sha256 or content_hash(data), format=fmt, animated=animated)
+
+
+def _why(e: BaseException) -> str:
+    """An exception's message, or its type's name when it has none."""
+    return str(e) or type(e).__name__
+
+
+def _check_declared_size(data: bytes, settings: Settings) -> None:
+    """Refuse a WebP whose header declares too many pixels before Pillow sees it: libwebp's
+    animation decoder allocates its canvas (8 bytes a pixel) as soon as the file is opened,
+    before any size check could run; other formats allocate nothing until they decode."""
+    size = _webp_canvas(data)
+    if size is not None and size[0] * size[1] > settings.max_pixels:
+        width, height = size
+        raise DecompressionBomb(
+            f"{width}x{height} = {width * height} pixels, over the limit of {settings.max_pixels}"
+        )
+
+
+def _webp_canvas(data: bytes) -> tuple[int, int] | None:
+    """(width, height) a WebP file's first chunk declares, or None if it is not one we know."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended format (animation, alpha, metadata): 24-bit sizes minus one
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame: 14-bit sizes
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: two 14-bit sizes minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
 
 
 def load_image(path: str | os.PathLike[str], settings: Settings) -> LoadedImage:
@@ -146,7 +215,10 @@ def to_rgb(im: Image.Image) -> np.ndarray:
         mode = "L"
     # Palette and colour-key ("transparency" in info, PNG tRNS on L/RGB) transparency both
     # become real alpha through Pillow's RGBA conversion, then share one composite.
-    if mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in im.info:
+    if mode == "La":  # greyscale with premultiplied alpha (TIFF): Pillow converts it only to LA
+        im = im.convert("LA")
+        mode = "LA"
+    if mode in ("P", "PA", "LA", "RGBa") or "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode == "RGBA":
         background = Image.new("RGBA", im.size, (*BACKGROUND_RGB, 255))
@@ -159,7 +231,8 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 def _to_8bit(a: np.ndarray) -> np.ndarray:
     """High-bit-depth greyscale to uint8: 16-bit ranges scale by 1/257, anything else by its
     own range (float images often hold 0..1, 32-bit integers anything)."""
-    a = a.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):  # a signalling NaN in a float image warns when cast
+        a = a.astype(np.float64, copy=False)
     finite = np.isfinite(a)
     if not finite.all():
         a = np.where(finite, a, 0.0)

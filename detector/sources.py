@@ -5,7 +5,8 @@
   folders are not followed, so a symlink loop cannot trap the walk;
 - a file ending in ``.txt``, ``.lst`` or ``.list`` is a list file: one path per line, relative
   paths taken from the list file's folder, blank lines and ``#`` comments skipped.
-Paths that do not exist are kept, so the run reports them as per-item errors.
+Paths that do not exist, and folders that cannot be listed, are kept, so the run reports
+them as per-item errors.
 """
 
 from __future__ import annotations
@@ -36,11 +37,24 @@ def _expand(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
 
 
 def _walk(root: Path) -> Iterator[str]:
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    # A folder that cannot be listed (permissions, removed mid-walk) is kept as a path of its
+    # own, so the run reports it as an item that could not be read instead of losing what it
+    # holds without a word. os.walk reports it while it steps to the next folder.
+    unlisted: list[OSError] = []
+    for folder, dirs, files in os.walk(root, onerror=unlisted.append, followlinks=False):
+        yield from _drain(unlisted)
         dirs.sort()
         for name in sorted(files):
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 yield os.path.join(folder, name)
+    yield from _drain(unlisted)
+
+
+def _drain(errors: list[OSError]) -> Iterator[str]:
+    while errors:
+        e = errors.pop(0)
+        if e.filename is not None:
+            yield os.fspath(e.filename)
 
 
 def _read_list(list_file: Path) -> Iterator[str]:
