@@ -35,7 +35,7 @@ browser:
 	  || echo "could not install chromium: the browser tests will be skipped"
 
 test: $(STAMP) browser
-	$(VENV)/bin/ruff check detector cli tests benchmarks
+	$(VENV)/bin/ruff check detector cli tests benchmarks fuzz
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 

@@ -31,9 +31,15 @@ class AddResult:
 
 
 def add_to_catalog(
-    store: Store, models: Models, paths: Sequence[str], settings: Settings, owner: str | None = None
+    store: Store,
+    models: Models,
+    paths: Sequence[str],
+    settings: Settings,
+    owner: str | None = None,
+    external_id: str | None = None,
 ) -> Iterator[AddResult]:
-    """Index ``paths`` into the catalog; yields one :class:`AddResult` per path, in order."""
+    """Index ``paths`` into the catalog; yields one :class:`AddResult` per path, in order.
+    ``owner`` and ``external_id`` (the caller's own id) are stored with every new image."""
     for batch in batched(paths, settings.batch_size):
         # Content is looked up per batch so a killed-and-rerun job skips finished work.
         known: dict[str, int] = {}
@@ -55,6 +61,7 @@ def add_to_catalog(
                 dhash=to_sqlite(p.codes.dhash),
                 embedding=to_blob(vec),
                 variants=tuple((name, to_sqlite(c.phash), to_sqlite(c.dhash)) for name, c in p.variants),
+                external_id=external_id,
             )
             for p, vec in zip(first.values(), vecs, strict=True)
             if p.codes is not None

@@ -28,9 +28,11 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def match_record(m: Match) -> dict[str, Any]:
-    """One match as in the JSON Lines contract, plus two evidence fields: ``transform``
-    (how the query was turned or cut when stage 1 matched it) and ``inliers`` (stage-3
-    RANSAC inliers, null when stage 3 did not run)."""
+    """One match as in the JSON Lines contract, plus the evidence: ``transform`` (how the
+    query was turned or cut when stage 1 matched it), ``inliers`` (stage-3 RANSAC inliers,
+    null when stage 3 did not run) and the matched regions, ``query_region`` and
+    ``catalog_region`` (polygons ``[[x, y], ...]`` in fractions of each image's width and
+    height; null without stage-3 evidence)."""
     return {
         "catalog_id": m.catalog_id,
         "catalog_path": m.catalog_path,
@@ -41,6 +43,8 @@ def match_record(m: Match) -> dict[str, Any]:
         "verdict": m.verdict,
         "transform": m.transform,
         "inliers": m.inliers,
+        "query_region": None if m.query_region is None else [list(p) for p in m.query_region],
+        "catalog_region": None if m.catalog_region is None else [list(p) for p in m.catalog_region],
     }
 
 

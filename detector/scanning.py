@@ -68,6 +68,7 @@ class Scanner:
                 keep = ~np.isin(ids, hidden)
                 self._matrix_ids = ids[keep]
                 self._matrix = from_blobs([b for b, k in zip(blobs, keep, strict=True) if k])
+        self.generation = generation  # the catalog generation this scanner loaded
         self.state = scan_state(settings, mode, generation, hidden.tolist(), store.hasher, store.embedder)
 
     def scan(

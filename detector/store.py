@@ -65,6 +65,7 @@ class NewCatalogImage:
     dhash: int
     embedding: bytes
     variants: tuple[tuple[str, int, int], ...] = ()  # (name, phash, dhash) extra codes, signed
+    external_id: str | None = None  # the caller's own id for it (added over HTTP)
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,37 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    # Moderation at upload time: catalog images added over HTTP carry the caller's own id, and
+    # every flagged check waits in ``checks`` for a moderator's decision.
+    for sql in (
+        "ALTER TABLE catalog ADD COLUMN external_id TEXT",
+        "CREATE INDEX catalog_external_id ON catalog (external_id)",
+        "CREATE TABLE checks ("
+        " id INTEGER PRIMARY KEY,"
+        " checked_at TEXT NOT NULL,"
+        " sha256 TEXT,"
+        " name TEXT,"
+        " upload_path TEXT,"
+        " status TEXT NOT NULL,"
+        " error TEXT,"
+        " verdict TEXT NOT NULL,"
+        " result TEXT NOT NULL,"
+        " decision TEXT,"
+        " decided_at TEXT,"
+        " note TEXT)",
+        "CREATE INDEX checks_verdict ON checks (verdict, id)",
+    ):
+        db.execute(sql)
+
+
 # Migration N upgrades a database at schema version N-1 to version N. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1, _migrate_2, _migrate_3)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+    _migrate_4,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -204,9 +234,12 @@ class Store:
         self.embedder = embedder
 
     @classmethod
-    def open(cls, path: str | Path, *, hasher: str, embedder: str, create: bool = True) -> Store:
+    def open(
+        cls, path: str | Path, *, hasher: str, embedder: str, create: bool = True, shared: bool = False
+    ) -> Store:
         """Open (and, with ``create``, make) the database at ``path``, upgrade its schema and
-        check that it was built with the same hasher and embedder.
+        check that it was built with the same hasher and embedder. ``shared``: the connection
+        may be used from several threads, one at a time (the caller serialises them).
 
         Raises :class:`StoreError` subclasses: missing file without ``create``, a newer schema,
         other hasher/embedder, or a file that is not a SQLite database.
@@ -215,7 +248,9 @@ class Store:
         if not create and not p.exists():
             raise NotFound(f"no database at {p}: index a catalog first (copyscan catalog add)")
         try:
-            conn = sqlite3.connect(p, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(
+                p, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=not shared
+            )
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {p}: {e}") from e
         store = cls(conn, p, hasher, embedder)
@@ -307,9 +342,9 @@ class Store:
         with self.write():
             for im in images:
                 cur = self.conn.execute(
-                    "INSERT INTO catalog"
-                    " (sha256, path, owner, width, height, phash, dhash, embedding, added_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
+                    "INSERT INTO catalog (sha256, path, owner, width, height, phash, dhash,"
+                    " embedding, added_at, external_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
                     (
                         im.sha256,
                         im.path,
@@ -320,6 +355,7 @@ class Store:
                         im.dhash,
                         im.embedding,
                         now,
+                        im.external_id,
                     ),
                 )
                 if cur.rowcount == 1 and cur.lastrowid is not None:
@@ -405,9 +441,14 @@ class Store:
             )
 
     def remove_catalog(
-        self, ids: Sequence[int] = (), paths: Sequence[str] = (), owner: str | None = None
+        self,
+        ids: Sequence[int] = (),
+        paths: Sequence[str] = (),
+        owner: str | None = None,
+        external_ids: Sequence[str] = (),
     ) -> int:
-        """Delete catalog entries by id, by stored path, or by owner; returns how many went.
+        """Delete catalog entries by id, by stored path, by owner or by external id; returns
+        how many went.
         Past matches keep the catalog path they recorded."""
         removed = 0
         with self.write():
@@ -417,6 +458,8 @@ class Store:
                 removed += self.conn.execute("DELETE FROM catalog WHERE path = ?", (path,)).rowcount
             if owner is not None:
                 removed += self.conn.execute("DELETE FROM catalog WHERE owner = ?", (owner,)).rowcount
+            for ext in external_ids:
+                removed += self.conn.execute("DELETE FROM catalog WHERE external_id = ?", (ext,)).rowcount
             if removed:
                 self._bump_generation()
         return removed
@@ -450,6 +493,69 @@ class Store:
                 " ON CONFLICT(name) DO UPDATE SET value = excluded.value, set_at = excluded.set_at",
                 [(name, str(value), now) for name, value in values.items()],
             )
+
+    # --- checks awaiting review (copyscan serve) --------------------------------------------
+
+    def record_check(self, check: NewCheck) -> int:
+        """Store one checked upload with its result; returns its id."""
+        with self.write():
+            cur = self.conn.execute(
+                "INSERT INTO checks (checked_at, sha256, name, upload_path, status, error, verdict, result)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    utc_now(),
+                    check.sha256,
+                    check.name,
+                    check.upload_path,
+                    check.status,
+                    check.error,
+                    check.verdict,
+                    json.dumps(check.result, ensure_ascii=False),
+                ),
+            )
+        if cur.lastrowid is None:
+            raise StoreError("could not record the check")
+        return int(cur.lastrowid)
+
+    def checks(self, limit: int = 50, flagged_only: bool = True) -> list[CheckRecord]:
+        """Recent checks, newest first; with ``flagged_only`` those a copy or a near-duplicate
+        was found for."""
+        where = "WHERE verdict != 'none'" if flagged_only else ""
+        return [
+            _check(row)
+            for row in self.conn.execute(f"{_CHECK_SELECT} {where} ORDER BY id DESC LIMIT ?", (int(limit),))
+        ]
+
+    def check(self, check_id: int) -> CheckRecord:
+        """One recorded check; :class:`NotFound` if there is none."""
+        row = self.conn.execute(f"{_CHECK_SELECT} WHERE id = ?", (int(check_id),)).fetchone()
+        if row is None:
+            raise NotFound(f"no check {check_id}")
+        return _check(row)
+
+    def decide(self, check_id: int, decision: str, note: str | None = None) -> CheckRecord:
+        """Store a moderator's decision ('confirmed' or 'dismissed') on a check."""
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}")
+        with self.write():
+            cur = self.conn.execute(
+                "UPDATE checks SET decision = ?, decided_at = ?, note = ? WHERE id = ?",
+                (decision, utc_now(), note, int(check_id)),
+            )
+        if cur.rowcount != 1:
+            raise NotFound(f"no check {check_id}")
+        return self.check(check_id)
+
+    def external_ids(self, ids: Sequence[int]) -> dict[int, str]:
+        """External ids of the given catalog ids (those that have one)."""
+        out: dict[int, str] = {}
+        for part, marks in _chunks(int(i) for i in ids):
+            for cid, ext in self.conn.execute(
+                f"SELECT id, external_id FROM catalog WHERE external_id IS NOT NULL AND id IN ({marks})",
+                part,
+            ):
+                out[int(cid)] = ext
+        return out
 
     # --- scan history ----------------------------------------------------------------------
 
@@ -650,9 +756,68 @@ def _chunks(values: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any],
         yield part, ",".join("?" * len(part))
 
 
+DECISIONS = ("confirmed", "dismissed")
+_CHECK_SELECT = (
+    "SELECT id, checked_at, sha256, name, upload_path, status, error, verdict, result,"
+    " decision, decided_at, note FROM checks"
+)
+
+
+@dataclass(frozen=True)
+class NewCheck:
+    """What :meth:`Store.record_check` stores: ``result`` is the JSON record of the check
+    (as ``scan`` writes it), ``upload_path`` where the uploaded bytes were kept (if they were)."""
+
+    sha256: str | None
+    name: str | None
+    upload_path: str | None
+    status: str
+    error: str | None
+    verdict: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """A stored check with the moderator's decision (None until one is taken)."""
+
+    id: int
+    checked_at: str
+    sha256: str | None
+    name: str | None
+    upload_path: str | None
+    status: str
+    error: str | None
+    verdict: str
+    result: dict[str, Any]
+    decision: str | None
+    decided_at: str | None
+    note: str | None
+
+
+def _check(row: Sequence[Any]) -> CheckRecord:
+    try:
+        result = json.loads(row[8])
+    except ValueError:
+        result = {}
+    return CheckRecord(
+        int(row[0]),
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        result if isinstance(result, dict) else {},
+        row[9],
+        row[10],
+        row[11],
+    )
+
+
 _RUN_SELECT = (
-    "SELECT id, command, args, started_at, finished_at, status, mode, items, errors, matched, state"
-    " FROM runs"
+    "SELECT id, command, args, started_at, finished_at, status, mode, items, errors, matched, state FROM runs"
 )
 
 

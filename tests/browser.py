@@ -59,13 +59,17 @@ def chromium() -> str:
     return found
 
 
-def page_url(html_path: Path, fragment: str = "") -> str:
-    """The file:// URL of a local page, with ``fragment`` (without '#') when given."""
-    url = Path(html_path).resolve().as_uri()
+def page_url(html_path: Path | str, fragment: str = "") -> str:
+    """The file:// URL of a local page (or an http:// URL as it is), with ``fragment``
+    (without '#') when given."""
+    if isinstance(html_path, str) and html_path.startswith(("http://", "https://")):
+        url = html_path
+    else:
+        url = Path(html_path).resolve().as_uri()
     return f"{url}#{fragment}" if fragment else url
 
 
-def run_page(html_path: Path, *args: str, fragment: str = "", timeout: float = TIMEOUT_S) -> PageRun:
+def run_page(html_path: Path | str, *args: str, fragment: str = "", timeout: float = TIMEOUT_S) -> PageRun:
     """Load a local page in headless Chromium with extra command-line ``args`` (e.g.
     ``--dump-dom``); a fresh profile each time, so that runs never share state."""
     browser = find_chromium()
@@ -116,14 +120,14 @@ def _run(command: list[str], timeout: float) -> tuple[str, str, int]:
     return stdout, stderr, proc.returncode
 
 
-def dump_dom(html_path: Path, fragment: str = "", timeout: float = TIMEOUT_S) -> str:
+def dump_dom(html_path: Path | str, fragment: str = "", timeout: float = TIMEOUT_S) -> str:
     """The page's DOM as HTML after its scripts ran (``--dump-dom``); ``fragment`` is the
     URL hash without '#'."""
     return run_page(html_path, "--dump-dom", fragment=fragment, timeout=timeout).stdout
 
 
 def screenshot(
-    html_path: Path, png_path: Path, size: tuple[int, int] = (1280, 1000), timeout: float = TIMEOUT_S
+    html_path: Path | str, png_path: Path, size: tuple[int, int] = (1280, 1000), timeout: float = TIMEOUT_S
 ) -> Path:
     """Save a PNG of the page's first ``size`` (width, height) pixels; returns ``png_path``."""
     png_path = Path(png_path).resolve()

@@ -82,6 +82,8 @@ def test_scan_jsonl_finds_every_attacked_copy_and_nothing_else(demo_db, crawl_di
                 "verdict",
                 "transform",
                 "inliers",
+                "query_region",
+                "catalog_region",
             }
             assert best["owner"] == "Demo Rights" and 0 <= best["score"] <= 1
     assert "60 images" in out.stderr

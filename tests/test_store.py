@@ -35,10 +35,10 @@ def test_new_database_is_wal_versioned_and_names_its_identities(tmp_path):
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert dict(store.conn.execute("SELECT key, value FROM meta")) == {
-                "hasher": "h1",
-                "embedder": "e1",
-                "catalog_generation": "0",
-            }
+            "hasher": "h1",
+            "embedder": "e1",
+            "catalog_generation": "0",
+        }
         assert {"catalog", "runs", "items", "matches", "meta"} <= set(store.db.table_names())
 
 
@@ -245,7 +245,34 @@ def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
     )
     conn.close()
     with _open(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         ids, phash, _ = store.load_codes()
         assert phash.tolist() == [2**64 - 1] and len(ids) == 1
-        assert {"codes", "settings"} <= set(store.db.table_names())
+        assert {"codes", "settings", "checks"} <= set(store.db.table_names())
+        (entry,) = store.list_catalog()
+        assert entry.path == "/old.jpg" and store.catalog_generation() == 0
+
+
+def test_checks_wait_for_a_decision_and_external_ids_remove_images(tmp_path):
+    from detector.store import NewCheck
+
+    with _open(tmp_path / "c.db") as store:
+        im = _image(1, 1)
+        (cid,) = store.add_catalog_images([NewCatalogImage(**{**im.__dict__, "external_id": "L-1"})])
+        assert store.external_ids([cid]) == {cid: "L-1"}
+        flagged = store.record_check(NewCheck("s1", "up.jpg", "/u/s1", "ok", None, "copy", {"matches": [1]}))
+        clean = store.record_check(NewCheck("s2", None, None, "ok", None, "none", {"matches": []}))
+        assert [c.id for c in store.checks()] == [flagged]
+        assert [c.id for c in store.checks(flagged_only=False)] == [clean, flagged]
+        decided = store.decide(flagged, "confirmed", "same photo")
+        assert (decided.decision, decided.note, decided.result) == (
+            "confirmed",
+            "same photo",
+            {"matches": [1]},
+        )
+        with pytest.raises(ValueError):
+            store.decide(flagged, "perhaps")
+        with pytest.raises(NotFound):
+            store.decide(999, "dismissed")
+        assert store.remove_catalog(external_ids=["nope"]) == 0
+        assert store.remove_catalog(external_ids=["L-1"]) == 1 and store.stats().images == 0

@@ -1,0 +1,141 @@
+"""The moderators' review page of ``copyscan serve``: recent flagged checks, each upload beside
+the catalog image it matched with the region stage 3 found outlined on both, and buttons to
+confirm or dismiss. A decision is POSTed to ``/v1/checks/{id}/decision`` and stored.
+
+Every text is HTML-escaped; the one inline script and style are allowed by their sha256 in
+the Content-Security-Policy the server sends with the page, which also forbids anything from
+elsewhere (images and requests go to the same server only)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+from .store import CheckRecord
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:16px 24px;background:#f6f6f4;color:#222}
+h1{font-size:20px;margin:0 0 4px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;margin:12px 0;
+display:flex;gap:16px;align-items:flex-start}
+.card[data-decision=confirmed]{border-color:#b00020}
+.card[data-decision=dismissed]{opacity:.55}
+figure{margin:0;text-align:center;font-size:12px;color:#666}
+.thumb{position:relative;display:inline-block;line-height:0}
+.thumb img{max-width:300px;max-height:300px;min-width:60px;min-height:60px}
+.thumb svg{position:absolute;inset:0;width:100%;height:100%}
+.thumb polygon{fill:none;stroke:#e00;stroke-width:2;vector-effect:non-scaling-stroke}
+dl{display:grid;grid-template-columns:auto 1fr;gap:2px 10px;margin:0}
+dt{color:#777}dd{margin:0;word-break:break-all}
+.copy{color:#b00020;font-weight:600}.near-duplicate{color:#b36b00;font-weight:600}
+button{margin:8px 6px 0 0;padding:4px 12px;cursor:pointer}
+.decision{font-weight:600}
+"""
+
+_SCRIPT = """
+document.querySelectorAll('button[data-decision]').forEach(function (b) {
+  b.addEventListener('click', function () {
+    var card = b.closest('.card');
+    fetch('/v1/checks/' + card.dataset.check + '/decision', {
+      method: 'POST', headers: {'Content-Type': 'application/json'},
+      body: JSON.stringify({decision: b.dataset.decision})
+    }).then(function (r) { return r.json(); }).then(function (c) {
+      if (c.decision) {
+        card.dataset.decision = c.decision;
+        card.querySelector('.decision').textContent = c.decision + ' at ' + c.decided_at;
+      } else {
+        card.querySelector('.decision').textContent = 'not stored: ' + (c.error || 'error');
+      }
+    });
+  });
+});
+"""
+
+
+def _hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+CSP = (
+    f"default-src 'none'; img-src 'self'; style-src {_hash(_STYLE)}; script-src {_hash(_SCRIPT)}; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def render_review(checks: Sequence[CheckRecord]) -> tuple[str, str]:
+    """The page for these checks (newest first) and the Content-Security-Policy to send."""
+    cards = "\n".join(_card(c) for c in checks) or '<p id="none">No flagged checks yet.</p>'
+    page = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>copyscan review</title><style>{_STYLE}</style></head><body>"
+        f"<h1>copyscan review</h1><p>{len(checks)} recent flagged checks, newest first.</p>"
+        f'<main id="checks">{cards}</main><script>{_SCRIPT}</script></body></html>'
+    )
+    return page, CSP
+
+
+def _card(c: CheckRecord) -> str:
+    matches: list[dict[str, Any]] = [m for m in c.result.get("matches", []) if isinstance(m, dict)]
+    best = matches[0] if matches else {}
+    catalog_id = best.get("catalog_id")
+    query = _figure(f"/review/thumbs/check/{c.id}.jpg", best.get("query_region"), "upload")
+    original = (
+        _figure(f"/review/thumbs/match/{c.id}.jpg", best.get("catalog_region"), "catalog")
+        if isinstance(catalog_id, int)
+        else ""
+    )
+    verdict = escape(str(best.get("verdict", "")))
+    facts = [
+        ("verdict", f'<span class="{verdict}">{verdict}</span>'),
+        ("score", escape(_num(best.get("score")))),
+        ("upload", escape(c.name or "(no name)")),
+        ("checked", escape(c.checked_at)),
+        ("catalog", escape(str(best.get("catalog_path", "")))),
+        ("owner", escape(str(best.get("owner") or "—"))),
+        ("external id", escape(str(best.get("external_id") or "—"))),
+        ("inliers", escape(str(best.get("inliers", "—")))),
+        ("other matches", escape(str(max(len(matches) - 1, 0)))),
+    ]
+    decided = f"{c.decision} at {c.decided_at}" if c.decision else "pending"
+    rows = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+    return (
+        f'<section class="card" data-check="{c.id}" data-decision="{escape(c.decision or "")}" '
+        f'data-verdict="{escape(c.verdict)}">{query}{original}<div><dl>{rows}</dl>'
+        f'<p>decision: <span class="decision">{escape(decided)}</span></p>'
+        '<button data-decision="confirmed">Confirm copy</button>'
+        '<button data-decision="dismissed">Dismiss</button></div></section>'
+    )
+
+
+def _figure(src: str, region: object, caption: str) -> str:
+    outline = ""
+    points = _points(region)
+    if points:
+        outline = (
+            '<svg viewBox="0 0 1 1" preserveAspectRatio="none" aria-hidden="true">'
+            f'<polygon points="{points}"/></svg>'
+        )
+    return (
+        f'<figure><div class="thumb"><img src="{escape(src)}" alt="{escape(caption)}">{outline}</div>'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
+
+
+def _points(region: object) -> str:
+    """SVG points from a stored region, or '' for anything that is not a list of pairs."""
+    if not isinstance(region, list) or len(region) < 3:
+        return ""
+    out = []
+    for p in region:
+        if not (isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(v, int | float) for v in p)):
+            return ""
+        out.append(f"{min(max(float(p[0]), 0.0), 1.0):.4f},{min(max(float(p[1]), 0.0), 1.0):.4f}")
+    return " ".join(out)
+
+
+def _num(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "—"
