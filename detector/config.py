@@ -55,6 +55,11 @@ class Settings:
     hamming_ceiling: int = _setting(32, "Hamming distance mapped to a stage-1 score of 0")
     copy_threshold: float = _setting(0.51, "score at or above which the verdict is 'copy'")
     near_duplicate_threshold: float = _setting(
+    unconfirmed_cap: float = _setting(
+        0.35,
+        "highest score of a pair found by the embedding alone (outside every stage-1 radius) "
+        "that stage 3 did not confirm: look-alikes are not copies without other evidence",
+    )
         0.38, "score at or above which the verdict is 'near-duplicate'"
     )
     # output

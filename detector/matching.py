@@ -107,7 +107,8 @@ def rerank(
     candidate's stored descriptor; keep those at or above the reported minimum score, best
     first, at most ``top_k``. Candidates whose catalog entry vanished meanwhile are dropped.
     With ``evidence`` (stage 3 ran on this query) a candidate it did not check counts 0
-    inliers."""
+    inliers, and one that only the embedding found (outside every stage-1 radius) scores at
+    most ``unconfirmed_cap`` unless stage 3 found more than ``inliers_floor`` inliers."""
     matches = []
     for c in candidates:
         vec = catalog_vecs.get(c.catalog_id)
@@ -117,7 +118,10 @@ def rerank(
         cos = float(np.dot(query_vecs[c.catalog_id], vec))
         found = None if evidence is None else evidence.get(c.catalog_id, Evidence(0))
         geo = None if found is None else found.inliers
-        s = round(score(c.hamming, cos, settings, geo), 4)  # the verdict is taken on the shown score
+        value = score(c.hamming, cos, settings, geo)
+        if found is not None and not c.within_radius and (geo is None or geo <= settings.inliers_floor):
+            value = min(value, settings.unconfirmed_cap)  # only the CNN says so, and it is easily fooled
+        s = round(value, 4)  # the verdict is taken on the shown score
         if s < settings.reported_min_score:
             continue
         matches.append(

@@ -241,3 +241,19 @@ def test_console_script_runs(tmp_path, catalog_dir):
     subprocess.run([str(exe), "-q", "catalog", "add", str(catalog_dir / "rocket.jpg")], env=env, check=True)
     out = subprocess.run([str(exe), "catalog", "list"], env=env, capture_output=True, text=True, check=True)
     assert "rocket.jpg" in out.stdout
+
+
+def test_thorough_mode_does_not_flag_unrelated_smooth_pictures(tmp_path, make_image):
+    """Smooth colour fields all look alike to the CNN and give stage 3 no keypoints: without a
+    stage-1 hit they are not copies (they were, at score ~0.7, before the cap)."""
+    for i in range(12):
+        make_image(f"catalog/c{i}.jpg", seed=i)
+    for i in range(6):
+        make_image(f"crawl/q{i}.jpg", seed=100 + i)
+    make_image("crawl/copy.jpg", seed=3, quality=60)  # a real copy, re-encoded
+    db = str(tmp_path / "s.db")
+    run("--db", db, "catalog", "add", str(tmp_path / "catalog"))
+    out = run("--db", db, "scan", str(tmp_path / "crawl"), "--mode", "thorough", "--format", "jsonl")
+    flagged = {Path(r["query"]).name: r["matches"] for r in _records(out.stdout) if r["matches"]}
+    assert list(flagged) == ["copy.jpg"], flagged
+    assert Path(flagged["copy.jpg"][0]["catalog_path"]).name == "c3.jpg"

@@ -60,3 +60,26 @@ def test_rerank_orders_filters_and_cuts(settings):
     assert [m.score for m in everything] == sorted((m.score for m in everything), reverse=True)
     assert everything[0].verdict == "copy" and everything[-1].verdict == "none"
     assert len(rerank(cands, qv, vecs, entries, settings.replace(min_score=0.0, top_k=2))) == 2
+
+
+def test_a_pair_only_the_embedding_found_needs_stage_3_to_be_a_copy(settings):
+    """Found by the CNN alone (outside the stage-1 radius) and not confirmed by stage 3 (too
+    smooth to judge, not checked, or too few inliers): capped under the near-duplicate line.
+    Found by stage 1, or confirmed by stage 3, or with stage 3 switched off: scored as
+    before."""
+    from detector.matching import Evidence
+
+    q = np.array([1, 0, 0, 0], np.float32)
+    vecs = {1: q.copy()}
+    entries = {1: _entry(1)}
+    qv = {1: q}
+    everything = settings.replace(min_score=0.0)
+    far = Candidate(1, 20, 20, within_radius=False)
+    near = Candidate(1, 20, 20, within_radius=True)
+    for evidence in ({1: Evidence(None)}, {}, {1: Evidence(settings.inliers_floor)}):
+        (capped,) = rerank([far], qv, vecs, entries, everything, evidence)
+        assert capped.score == settings.unconfirmed_cap and capped.verdict == "none"
+    (kept,) = rerank([near], qv, vecs, entries, everything, {1: Evidence(None)})
+    (confirmed,) = rerank([far], qv, vecs, entries, everything, {1: Evidence(80)})
+    (no_stage_3,) = rerank([far], qv, vecs, entries, everything)
+    assert min(kept.score, confirmed.score, no_stage_3.score) > settings.copy_threshold
