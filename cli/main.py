@@ -387,6 +387,30 @@ def _scan_options(f: Callable[..., Any]) -> Callable[..., Any]:
     help="Go on with a run that was killed or interrupted (the newest such run without RUN), "
     "with its paths and settings; the images it recorded are not scanned again.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: Ray Data workers (pip install 'copyscan[distributed]'), "
+    "which also read Parquet shards (columns path, bytes). Same results either way.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="--engine ray: scanner workers, one CPU each [default: every local or cluster CPU].",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    help="--engine ray: the address of an existing Ray cluster [default: $RAY_ADDRESS, "
+    "else a local one is started].",
+)
+@click.option(
+    "--parquet-out",
+    type=click.Path(dir_okay=False),
+    help="Also write the results to this Parquet file (needs pyarrow).",
+)
 @wait_option
 @click.pass_obj
 def scan(
@@ -399,6 +423,10 @@ def scan(
     jsonl_path: str | None,
     rescan: bool,
     resume: int | None,
+    engine: str,
+    workers: int | None,
+    ray_address: str | None,
+    parquet_out: str | None,
     wait: float,
 ) -> None:
     """Scan images, folders or list files against the catalog.
@@ -420,6 +448,10 @@ def scan(
         raise click.UsageError("name images, folders or list files to scan, or --resume [RUN]")
     if resume is not None and paths:
         raise click.UsageError("--resume takes the paths of the run it resumes: name none")
+    if engine == "local" and (workers is not None or ray_address):
+        raise click.UsageError("--workers and --ray-address go with --engine ray")
+    if engine == "local" and any(p.lower().endswith(".parquet") for p in paths):
+        raise click.UsageError("Parquet shards are read by --engine ray")
     started = time.perf_counter()
     counts: Counter[str] = Counter()
     with _errors_to_click(), _locked(app, "scan", wait), app.open_store() as store:
@@ -431,17 +463,24 @@ def scan(
         elif killed:
             app.say(f"note: run {killed[-1]} was killed before it finished; scan --resume goes on with it")
         settings = _scan_settings(app, top_k, min_score)
-        files = expand_sources(paths)
         scanner = Scanner(store, app.models, settings, mode=mode)
+        done: frozenset[str] = frozenset()
         if resumed is not None:
             if resumed.state != scanner.state:
                 raise click.ClickException(
                     f"the catalog or the settings changed since run {resumed.id} started; "
                     "its results would not be comparable: start a new scan instead"
                 )
+            done = frozenset(store.scanned_paths(resumed.id))
+        if engine == "ray":
+            from detector.distributed import crawl_items, require
+
+            require("ray.data")  # before the run is recorded: no run left behind without Ray
+            files: Sequence[Any] = crawl_items(paths, skip=done)
+        else:
+            files = [f for f in expand_sources(paths) if f not in done]
+        if resumed is not None:
             run_id = resumed.id
-            done = store.scanned_paths(run_id)
-            files = [f for f in files if f not in done]
             store.reopen_run(run_id)
         else:
             run_id = store.start_run(
@@ -457,15 +496,26 @@ def scan(
                 mode=mode,
                 state=scanner.state,
             )
-        writers = [_Writer(fmt, sys.stdout)]
+        writers: list[Any] = [_Writer(fmt, sys.stdout)]
         extra = open(jsonl_path, "a" if resumed else "w", encoding="utf-8") if jsonl_path else None
+        if parquet_out is not None:
+            from detector.distributed import ParquetResults
+
+            writers.append(ParquetResults(parquet_out))
         previous = signal.signal(signal.SIGTERM, _raise_stopped)
         status = "running"
         try:
             if extra is not None:
                 writers.append(_Writer("jsonl", extra))
+            if engine == "ray":
+                from detector.distributed import Engine, scan_distributed
+
+                where = Engine(workers=workers, address=ray_address or None)
+                results = scan_distributed(scanner, files, where, run_id=run_id, reuse=not rescan)
+            else:
+                results = scanner.scan(files, run_id=run_id, reuse=not rescan)
             with app.progress(len(files), "scanning") as bar:
-                for result in scanner.scan(files, run_id=run_id, reuse=not rescan):
+                for result in results:
                     bar.update(1)
                     counts[report.outcome(result)] += 1
                     counts["reused"] += result.reused_from is not None
@@ -479,6 +529,9 @@ def scan(
             signal.signal(signal.SIGTERM, previous)
             if extra is not None:
                 extra.close()
+            for w in writers[1:]:
+                if hasattr(w, "close"):
+                    w.close()
             if status != "running":  # any other failure leaves it running: the next scan marks it killed
                 store.finish_run(run_id, status)
         elapsed = time.perf_counter() - started

@@ -53,3 +53,7 @@ class ModelError(CopyscanError):
 
 class ReportError(CopyscanError):
     """A report could not be written where it was asked for."""
+
+
+class DistributedError(CopyscanError):
+    """The distributed engine could not start, or could not read its input."""

@@ -14,12 +14,13 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import __version__
 from .config import Settings
-from .embedding import from_blobs
+from .embedding import EMBEDDING_DIM, from_blobs
 from .errors import ImageError
 from .hashing import dihedral_image, from_sqlite, to_sqlite, undo_dihedral_points
 from .imaging import load_image
@@ -35,41 +36,123 @@ MODES = (FAST, THOROUGH)
 _FEATURE_CACHE = 2048  # catalog images whose keypoints a scanner keeps (about 40 kB each)
 
 
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    """Everything a :class:`Scanner` reads from the catalog, in plain picklable arrays, so a
+    scanner can run where the database is not (a worker of a distributed scan).
+
+    ``ids``: (n,) int64 catalog ids, an id once per code; ``phash``, ``dhash``: (n,) uint64
+    codes; ``entries``: every catalog entry by id; ``vector_ids``: (m,) int64 ascending and
+    ``vectors``: (m, 1280) float16 descriptors as stored (about 2.5 kB per catalog image).
+    ``generation``, ``hidden``, ``hasher``, ``embedder``: what the scan state fingerprints.
+    Catalog ids in ``hidden`` are left out of every array."""
+
+    generation: int
+    hidden: tuple[int, ...]
+    hasher: str
+    embedder: str
+    ids: np.ndarray
+    phash: np.ndarray
+    dhash: np.ndarray
+    entries: dict[int, CatalogEntry]
+    vector_ids: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def load(cls, store: Store, exclude: Collection[int] = ()) -> CatalogSnapshot:
+        """The catalog of ``store`` as it is now, read in one read transaction."""
+        hidden = np.array(sorted(exclude), dtype=np.int64)
+        with store.snapshot():
+            generation = store.catalog_generation()
+            ids, phash, dhash = store.load_codes()
+            vector_ids, blobs = store.all_embedding_blobs()
+            entries = {e.id: e for e in store.list_catalog()}
+        for cid in hidden.tolist():
+            entries.pop(cid, None)
+        keep = ~np.isin(ids, hidden)
+        kept = ~np.isin(vector_ids, hidden)
+        raw = b"".join(b for b, k in zip(blobs, kept, strict=True) if k)
+        vectors = np.frombuffer(raw, dtype="<f2").reshape(int(kept.sum()), EMBEDDING_DIM)
+        return cls(
+            generation=generation,
+            hidden=tuple(hidden.tolist()),
+            hasher=store.hasher,
+            embedder=store.embedder,
+            ids=ids[keep],
+            phash=phash[keep],
+            dhash=dhash[keep],
+            entries=entries,
+            vector_ids=vector_ids[kept],
+            vectors=vectors,
+        )
+
+    def catalog_entries(self, ids: Sequence[int]) -> dict[int, CatalogEntry]:
+        """Catalog entries by id (missing ids are left out), as :meth:`Store.catalog_entries`."""
+        return {int(i): self.entries[int(i)] for i in ids if int(i) in self.entries}
+
+    def embedding_blobs(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """Stored descriptors of the given catalog ids, as :meth:`Store.embedding_blobs`."""
+        rows = np.searchsorted(self.vector_ids, ids)
+        return {
+            int(cid): self.vectors[r].tobytes()
+            for cid, r in zip(ids, rows, strict=True)
+            if r < len(self.vector_ids) and self.vector_ids[r] == cid
+        }
+
+
 class Scanner:
     """Scans query images against the catalog held in ``store``. The index (and, in thorough
-    mode, every catalog descriptor) is loaded once, in bulk, when the scanner is built."""
+    mode, every catalog descriptor) is loaded once, in bulk, when the scanner is built.
+
+    ``store`` may also be a :class:`CatalogSnapshot`: the scanner then reads nothing from a
+    database; :meth:`scan_prepared` gives the same results, :meth:`scan` needs a Store."""
 
     def __init__(
         self,
-        store: Store,
+        store: Store | CatalogSnapshot,
         models: Models,
         settings: Settings,
         mode: str = FAST,
         exclude: Collection[int] = (),
     ) -> None:
-        """``exclude``: catalog ids hidden from this scanner (held-out images in evaluations)."""
+        """``exclude``: catalog ids hidden from this scanner (held-out images in evaluations;
+        a snapshot was built with its own)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        self.store = store
+        self.catalog = store
         self.models = models
         self.settings = settings
         self.mode = mode
         self._matrix: np.ndarray | None = None
         self._matrix_ids = np.zeros(0, dtype=np.int64)
         self._features: OrderedDict[int, Features | None] = OrderedDict()
-        hidden = np.array(sorted(exclude), dtype=np.int64)
-        with store.snapshot():  # codes and descriptors from the same catalog state
-            generation = store.catalog_generation()
-            ids, phash, dhash = store.load_codes()
-            keep = ~np.isin(ids, hidden)
-            self.index = HammingIndex(ids[keep], phash[keep], dhash[keep])
+        if isinstance(store, CatalogSnapshot):
+            generation, hidden = store.generation, np.array(store.hidden, dtype=np.int64)
+            self.index = HammingIndex(store.ids, store.phash, store.dhash)
             if mode == THOROUGH:
-                ids, blobs = store.all_embedding_blobs()
+                self._matrix_ids = store.vector_ids
+                self._matrix = from_blobs([row.tobytes() for row in store.vectors])
+        else:
+            hidden = np.array(sorted(exclude), dtype=np.int64)
+            with store.snapshot():  # codes and descriptors from the same catalog state
+                generation = store.catalog_generation()
+                ids, phash, dhash = store.load_codes()
                 keep = ~np.isin(ids, hidden)
-                self._matrix_ids = ids[keep]
-                self._matrix = from_blobs([b for b, k in zip(blobs, keep, strict=True) if k])
+                self.index = HammingIndex(ids[keep], phash[keep], dhash[keep])
+                if mode == THOROUGH:
+                    ids, blobs = store.all_embedding_blobs()
+                    keep = ~np.isin(ids, hidden)
+                    self._matrix_ids = ids[keep]
+                    self._matrix = from_blobs([b for b, k in zip(blobs, keep, strict=True) if k])
         self.generation = generation  # the catalog generation this scanner loaded
         self.state = scan_state(settings, mode, generation, hidden.tolist(), store.hasher, store.embedder)
+
+    @property
+    def store(self) -> Store:
+        """The database this scanner reads (and records scans in); not for a snapshot's."""
+        if isinstance(self.catalog, CatalogSnapshot):
+            raise TypeError("this scanner was built from a CatalogSnapshot: it has no Store")
+        return self.catalog
 
     def scan(
         self, paths: Sequence[str], run_id: int | None = None, reuse: bool = False
@@ -88,21 +171,26 @@ class Scanner:
             prepared = prepare_batch(batch, self.settings, known=known if reuse else None)
             fresh = iter(self.scan_prepared([p for p in prepared if not p.skipped]))
             results = [
-                self._repeat(p, reusable[p.sha256]) if p.skipped and p.sha256 else next(fresh)
+                self.repeat(p.path, p.sha256, reusable[p.sha256]) if p.skipped and p.sha256 else next(fresh)
                 for p in prepared
             ]
             if run_id is not None:
-                self.store.record_items(run_id, [_recorded(r) for r in results])
+                self.record(run_id, results)
             yield from results
 
-    def _repeat(self, p: Prepared, item_id: int) -> ScanResult:
-        """The stored result of an earlier scan of the same content, under this path."""
+    def record(self, run_id: int, results: Sequence[ScanResult]) -> None:
+        """Store one batch of results in the scan history of run ``run_id``, in one transaction."""
+        self.store.record_items(run_id, [_recorded(r) for r in results])
+
+    def repeat(self, path: str, sha256: str, item_id: int) -> ScanResult:
+        """The stored result of an earlier scan of the same content (item ``item_id``),
+        under this path."""
         item = self.store.recorded_item(item_id)
         return ScanResult(
-            query=p.path,
+            query=path,
             status="ok",
             matches=tuple(_match(m) for m in item.matches),
-            sha256=p.sha256,
+            sha256=sha256,
             phash=None if item.phash is None else from_sqlite(item.phash),
             dhash=None if item.dhash is None else from_sqlite(item.dhash),
             reused_from=item_id,
@@ -128,7 +216,7 @@ class Scanner:
                 candidates[i] = self._add_neighbours(candidates[i], vec, prepared[i], distances[i])
             vecs = self._query_vectors(prepared, need_cnn, candidates, vecs)
         wanted = sorted({c.catalog_id for i in need_cnn for c in candidates[i]})
-        entries = self.store.catalog_entries(wanted)
+        entries = self.catalog.catalog_entries(wanted)
         catalog_vecs = self._catalog_vectors(wanted)
         ranked_all = s.replace(min_score=0.0, top_k=s.max_candidates + s.neighbours)
         results = []
@@ -248,7 +336,7 @@ class Scanner:
                 for cid, r in zip(ids, rows, strict=True)
                 if r < len(self._matrix_ids) and self._matrix_ids[r] == cid
             }
-        blobs = self.store.embedding_blobs(ids)
+        blobs = self.catalog.embedding_blobs(ids)
         return dict(zip(blobs, from_blobs(list(blobs.values())), strict=True))
 
     def _add_neighbours(

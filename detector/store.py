@@ -668,6 +668,18 @@ class Store:
                 found[sha] = int(item_id)
         return found
 
+    def reusable_digests(self, state: str) -> set[str]:
+        """The sha256 of all content some run scanned successfully against ``state`` (what
+        :meth:`reusable_items` would find), for workers that cannot ask the database."""
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT DISTINCT items.sha256 FROM items JOIN runs ON runs.id = items.run_id"
+                " WHERE runs.state = ? AND items.status = 'ok' AND items.sha256 IS NOT NULL",
+                (state,),
+            )
+        }
+
     def recorded_item(self, item_id: int) -> RecordedItem:
         """One stored item with its matches, best first."""
         row = self.conn.execute(
