@@ -432,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         rows.append(Row("CNN embed 224px, batch 32", ours, peer, "torchvision effnet_b0 fp32"))
         notes.append(
-            "CNN row: ours = EfficientNet-Lite0 features + GeM + L2 incl. preprocessing; peer = "
+            "CNN row: ours = EfficientNet-Lite0 features + GeM + L2 incl. preprocessing, "
+            f"{'bfloat16 autocast (native on this CPU)' if embedder.bf16 else 'float32'}; peer = "
             "torchvision efficientnet_b0(weights=None), RANDOM weights (timing only), eval, "
             "inference_mode, incl. uint8->float normalisation; both take channels_last input."
         )

@@ -23,6 +23,12 @@ class Settings:
     flat_std: float = _setting(
         2.0, "refuse images whose grey levels vary less than this std (flat, unhashable)"
     )
+    decode_side: int = _setting(
+        512,
+        "decode at the smallest scale whose longer side is still at least this many pixels "
+        "(JPEG: 1/2, 1/4 or 1/8 in the DCT domain; other formats: a whole-factor box reduce); "
+        "0 decodes at full size",
+    )
     # stage 1
     radius_phash: int = _setting(14, "pHash Hamming radius (bits of 64) for a stage-1 candidate")
     radius_dhash: int = _setting(14, "dHash Hamming radius (bits of 64) for a stage-1 candidate")
@@ -41,6 +47,11 @@ class Settings:
     image_size: int = _setting(224, "CNN input side in pixels")
     gem_p: float = _setting(3.0, "GeM pooling exponent for the embedding")
     batch_size: int = _setting(32, "images per CNN batch")
+    cnn_bf16: bool = _setting(
+        True,
+        "run the CNN in bfloat16 on processors that compute it natively (AVX512-BF16, AMX); "
+        "float32 elsewhere and on GPUs",
+    )
     neighbours: int = _setting(10, "thorough mode: embedding nearest neighbours added as candidates")
     # stage 3
     verify: bool = _setting(True, "check the best candidates with ORB keypoints and RANSAC (stage 3)")
@@ -49,17 +60,17 @@ class Settings:
     inliers_floor: int = _setting(10, "stage 3: RANSAC inliers at or below which a pair gains nothing")
     inliers_full: int = _setting(50, "stage 3: RANSAC inliers at which a pair gains the full stage-3 score")
     geo_weight: float = _setting(0.45, "weight of stage 3 in the score when it ran")
+    unconfirmed_cap: float = _setting(
+        0.35,
+        "highest score of a pair found by the embedding alone (outside every stage-1 radius) "
+        "that stage 3 did not confirm: look-alikes are not copies without other evidence",
+    )
     # scoring
     cnn_weight: float = _setting(0.7, "weight of the CNN cosine in the score (the rest is stage 1)")
     cosine_floor: float = _setting(0.5, "cosine mapped to a CNN score of 0")
     hamming_ceiling: int = _setting(32, "Hamming distance mapped to a stage-1 score of 0")
     copy_threshold: float = _setting(0.51, "score at or above which the verdict is 'copy'")
     near_duplicate_threshold: float = _setting(
-    unconfirmed_cap: float = _setting(
-        0.35,
-        "highest score of a pair found by the embedding alone (outside every stage-1 radius) "
-        "that stage 3 did not confirm: look-alikes are not copies without other evidence",
-    )
         0.38, "score at or above which the verdict is 'near-duplicate'"
     )
     # output

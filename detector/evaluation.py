@@ -169,7 +169,9 @@ def build_queries(
     skipped: list[str] = []
     for n, entry in enumerate(chosen):
         try:
-            rgb = load_image(entry.path, settings).rgb
+            # Copies are made from the whole picture, as a copier would, not from the
+            # smaller decode the stages work on.
+            rgb = load_image(entry.path, settings.replace(decode_side=0)).rgb
         except ImageError as e:
             skipped.append(f"{entry.path}: {type(e).__name__}: {e}")
             hidden.discard(entry.id)

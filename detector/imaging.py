@@ -12,7 +12,12 @@ Policy:
 - EXIF orientation is applied; alpha is composited on a fixed white background;
 - 16-bit, 32-bit and float greyscale are rescaled to 8 bits; palette, CMYK, YCbCr, 1-bit
   are converted to RGB;
-- images with a side under ``min_side`` pixels or with almost no variation are unhashable.
+- images with a side under ``min_side`` pixels or with almost no variation are unhashable;
+- large images are decoded small (``decode_side``): no stage looks at more than 512 pixels
+  on the longer side, so a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
+  (libjpeg skips most of the inverse DCT and colour conversion) and any image still a whole
+  factor too large is box-reduced, never below ``decode_side`` on the longer side nor below
+  the CNN input side on the shorter one.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .config import Settings
 from .errors import (
@@ -70,7 +75,10 @@ PILLOW_FAILURES: tuple[type[Exception], ...] = (
 class LoadedImage:
     """A decoded image ready for every stage.
 
-    ``rgb``: (height, width, 3) uint8, orientation applied, alpha composited.
+    ``rgb``: (h, w, 3) uint8, orientation applied, alpha composited; for a large image
+    smaller than the original (see ``Settings.decode_side``), with the same aspect ratio.
+    ``width``, ``height``: the original image's size in pixels, upright (what the catalog
+    stores), whatever size ``rgb`` was decoded at.
     ``sha256``: hex digest of the file's bytes (the content identity used to skip repeats).
     """
 
@@ -78,14 +86,8 @@ class LoadedImage:
     sha256: str
     format: str
     animated: bool
-
-    @property
-    def width(self) -> int:
-        return int(self.rgb.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.rgb.shape[0])
+    width: int
+    height: int
 
 
 def read_bytes(path: str | os.PathLike[str], settings: Settings) -> bytes:
@@ -158,15 +160,57 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
                 # its first frame plus one pass over its bytes, whatever its frame count.
                 animated = bool(getattr(im, "is_animated", False))
                 im.seek(0)
+                full_size = im.size
+                factor = shrink_factor(*full_size, settings)
+                if factor > 1:
+                    # DCT-domain scaling: only JPEG implements draft, elsewhere a no-op. Asking
+                    # for (w // k, h // k) makes Pillow pick exactly 1/k (k a power of two).
+                    k = min(8, 1 << (factor.bit_length() - 1))
+                    im.draft("RGB", (max(1, full_size[0] // k), max(1, full_size[1] // k)))
                 im.load()
-                upright: Image.Image = ImageOps.exif_transpose(im) or im
-                rgb = to_rgb(upright)
+                scaled = im.size != full_size
+                # Orientation read as exif_transpose reads it: 5 to 8 swap the sides.
+                turned = im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+                ImageOps.exif_transpose(im, in_place=True)  # in place: no copy when upright
+                rgb_image = _rgb_image(im)
+                rest = shrink_factor(rgb_image.width, rgb_image.height, settings)
+                if rest > 1:
+                    rgb_image = rgb_image.reduce(rest)
+                    scaled = True
+                rgb = np.ascontiguousarray(np.asarray(rgb_image, dtype=np.uint8))
             except Image.DecompressionBombError as e:
                 raise DecompressionBomb(str(e)) from e
             except PILLOW_FAILURES as e:
                 raise CorruptImage(f"cannot decode {fmt} data: {_why(e)}") from e
     check_hashable(rgb, settings)
-    return LoadedImage(rgb=rgb, sha256=sha256 or content_hash(data), format=fmt, animated=animated)
+    if scaled:
+        width, height = full_size[::-1] if turned else full_size
+    else:
+        height, width = rgb.shape[:2]
+    return LoadedImage(
+        rgb=rgb,
+        sha256=sha256 or content_hash(data),
+        format=fmt,
+        animated=animated,
+        width=width,
+        height=height,
+    )
+
+
+def shrink_factor(width: int, height: int, settings: Settings) -> int:
+    """The largest whole factor an image of ``width`` x ``height`` pixels may be decoded
+    smaller by (sides rounded up), keeping its longer side at least ``settings.decode_side``
+    pixels and its shorter side at least ``settings.image_size`` (the CNN squashes both sides
+    to that) or whole; 1 when ``decode_side`` is 0 or the image is small already."""
+    side = settings.decode_side
+    longer, shorter = max(width, height), min(width, height)
+    if side <= 0 or longer < 2 * side - 1:
+        return 1
+    keep_short = min(shorter, settings.image_size)
+    factor = longer // side + 1  # ceil(longer / factor) >= side cannot hold above this
+    while factor > 1 and (-(-longer // factor) < side or -(-shorter // factor) < keep_short):
+        factor -= 1
+    return factor
 
 
 def _why(e: BaseException) -> str:
@@ -209,6 +253,11 @@ def load_image(path: str | os.PathLike[str], settings: Settings) -> LoadedImage:
 
 def to_rgb(im: Image.Image) -> np.ndarray:
     """Any Pillow mode to a (h, w, 3) uint8 array, alpha composited on ``BACKGROUND_RGB``."""
+    return np.ascontiguousarray(np.asarray(_rgb_image(im), dtype=np.uint8))
+
+
+def _rgb_image(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to a mode-'RGB' image, alpha composited on ``BACKGROUND_RGB``."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         im = Image.fromarray(_to_8bit(np.asarray(im)), mode="L")
@@ -225,7 +274,7 @@ def to_rgb(im: Image.Image) -> np.ndarray:
         im = Image.alpha_composite(background, im)
     if im.mode != "RGB":
         im = im.convert("RGB")
-    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+    return im
 
 
 def _to_8bit(a: np.ndarray) -> np.ndarray:

@@ -77,3 +77,16 @@ def test_the_model_loads_once_per_models_holder(settings, monkeypatch):
     for seed in range(3):
         holder.embed([textured(seed)])
     assert len(built) == 1
+
+
+def test_bfloat16_descriptors_stay_close_to_float32(models, settings):
+    from detector.embedding import Embedder, native_bf16
+
+    assert models.embedder.bf16 == native_bf16()  # on by default where the CPU has it
+    fp32 = Embedder(settings.replace(cnn_bf16=False))
+    assert fp32.bf16 is False
+    images = [textured(s, (224, 224)) for s in range(4)]
+    images += [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee()]
+    bf16 = Embedder(settings.replace(cnn_bf16=True))
+    cosines = (bf16.embed(images) * fp32.embed(images)).sum(axis=1)
+    assert cosines.min() >= 0.98 and cosines.mean() >= 0.995, cosines

@@ -142,7 +142,9 @@ def check_contract(data: bytes, size: tuple[int, int] | None = None) -> LoadedIm
     assert rgb.flags["C_CONTIGUOUS"]
     h, w = rgb.shape[:2]
     assert min(h, w) >= SETTINGS.min_side and h * w <= SETTINGS.max_pixels
-    assert (loaded.width, loaded.height) == (w, h)
+    # Whole, or decoded smaller (decode_side) and still at least decode_side on the longer side.
+    shrunk = w <= loaded.width and h <= loaded.height and max(w, h) >= SETTINGS.decode_side
+    assert (loaded.width, loaded.height) == (w, h) or shrunk
     assert loaded.sha256 == content_hash(data)
     if size is not None:
         assert (w, h) == size

@@ -3,6 +3,7 @@ and the tests talk to it with urllib, as a marketplace's web stack would."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -69,6 +70,23 @@ class Server:
     def raw(self, path: str, file: Path) -> tuple[int, Any]:
         status, data, _ = self.call("POST", path, file.read_bytes(), {"Content-Type": "image/jpeg"})
         return status, data
+
+
+def _declared_only(server: Server, path: str, length: int) -> tuple[int, Any]:
+    """Announce a body of ``length`` bytes and read the answer before sending any of it: the
+    server must refuse from the header alone (sending the body first races the server closing
+    the connection once it has answered)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "image/jpeg")
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
 
 
 def _free_port() -> int:
@@ -160,9 +178,7 @@ def test_bad_input_gets_a_clear_4xx_and_no_stack_trace(server, crawl_dir, tmp_pa
         400,
         {"error": "empty body: send the image as the body or as multipart field 'image'"},
     )
-    big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(3_000_000))
-    status, body = server.raw("/v1/check", big)
+    status, body = _declared_only(server, "/v1/check", 3_000_000)
     assert status == 413 and "over 2000000 bytes" in body["error"]
     assert server.call("POST", "/v1/check?mode=slow", b"x")[0] == 422
     status, body, _ = server.call("POST", "/v1/check?top_k=abc", b"x")
