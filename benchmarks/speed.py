@@ -34,10 +34,9 @@ import cv2
 import imagehash
 import numpy as np
 from PIL import Image
-from throughput import _cpu_seconds, _others_share, best_rates, load_sources, make_image
+from throughput import _cpu_seconds, _others_share, best_rates, hash_ours, hash_peer, load_sources, make_image
 
 from detector.config import Settings
-from detector.hashing import image_codes
 from detector.imaging import decode
 from detector.pipeline import prepare_bytes
 
@@ -80,20 +79,6 @@ def make_blobs(batch: Batch, scale: float) -> list[bytes]:
         img = cv2.resize(img, (batch.width, batch.height), interpolation=cv2.INTER_CUBIC)
         blobs.append(encode(img, batch.fmt))
     return blobs
-
-
-def hash_ours(blobs: Sequence[bytes], settings: Settings) -> int:
-    for data in blobs:
-        image_codes(decode(data, settings).rgb)
-    return len(blobs)
-
-
-def hash_peer(blobs: Sequence[bytes]) -> int:
-    for data in blobs:
-        with Image.open(io.BytesIO(data)) as im:
-            imagehash.phash(im)
-            imagehash.dhash(im)
-    return len(blobs)
 
 
 def front(blobs: Sequence[bytes], settings: Settings) -> int:
