@@ -490,7 +490,7 @@ def scan(
                     "mode": mode,
                     "top_k": settings.top_k,
                     "min_score": min_score,
-                    "set": {k: v for k, v in app.overrides.items()},
+                    "set": dict(app.overrides),
                     "images": len(files),
                 },
                 mode=mode,

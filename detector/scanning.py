@@ -9,6 +9,7 @@ Modes:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -146,6 +147,13 @@ class Scanner:
                     self._matrix = from_blobs([b for b, k in zip(blobs, keep, strict=True) if k])
         self.generation = generation  # the catalog generation this scanner loaded
         self.state = scan_state(settings, mode, generation, hidden.tolist(), store.hasher, store.embedder)
+
+    def with_settings(self, settings: Settings) -> Scanner:
+        """This scanner, its index and caches shared, with other output settings (top_k,
+        min_score) for some calls; the search settings must stay the same."""
+        clone = copy.copy(self)
+        clone.settings = settings
+        return clone
 
     @property
     def store(self) -> Store:

@@ -36,7 +36,7 @@ from . import __version__
 from .cataloging import ERROR, add_to_catalog
 from .config import Settings
 from .errors import CopyscanError, ImageError, NotFound
-from .imaging import decode, load_image
+from .imaging import load_image
 from .locking import DatabaseLock, Locked
 from .matching import NONE, ScanResult
 from .pipeline import Models, prepare_bytes
@@ -107,14 +107,14 @@ class Engine:
             prepared = prepare_bytes(upload.name, upload.data, digest, self.settings)
             scanner = self.scanner(mode)
             if changes:
-                scanner = _with_settings(scanner, self.settings.replace(**changes))
+                scanner = scanner.with_settings(self.settings.replace(**changes))
             (result,) = scanner.scan_prepared([prepared])
             self.served += 1
             record_json = self._record(result)
             if result.status == "error":
                 raise ClientError(422, result.error or "unusable image", record_json)
             if record:
-                kept = self._keep(self.uploads, digest, upload.data) if result.flagged else None
+                kept = self._keep(self.uploads, digest, upload.data)[0] if result.flagged else None
                 best = result.matches[0].verdict if result.matches else NONE
                 record_json["check_id"] = self.store.record_check(
                     NewCheck(digest, upload.name or None, kept, result.status, None, best, record_json)
@@ -125,19 +125,17 @@ class Engine:
         """Add one upload to the catalog (kept under ``DB.images/``)."""
         with self.lock:
             digest = sha256(upload.data).hexdigest()
-            try:
-                decode(upload.data, self.settings, sha256=digest)
-            except ImageError as e:
-                raise ClientError(422, f"{type(e).__name__}: {e}") from e
-            path = self._keep(self.images, digest, upload.data)
+            path, written = self._keep(self.images, digest, upload.data)
             try:
                 with DatabaseLock(self.db, "serve: catalog add", wait=_LOCK_WAIT_S):
                     (added,) = add_to_catalog(
-                        self.store, self.models, [str(path)], self.settings, owner, external_id
+                        self.store, self.models, [path], self.settings, owner, external_id
                     )
             except Locked as e:
                 raise ClientError(503, str(e)) from e
             if added.status == ERROR:
+                if written:  # unusable bytes are not kept
+                    Path(path).unlink(missing_ok=True)
                 raise ClientError(422, added.error or "unusable image")
             return {"catalog_id": added.catalog_id, "status": added.status, "sha256": digest}
 
@@ -229,24 +227,18 @@ class Engine:
         return record
 
     @staticmethod
-    def _keep(folder: Path, digest: str, data: bytes) -> str:
-        """Store bytes as ``folder/<sha256>`` (written once, atomically); returns the path."""
+    def _keep(folder: Path, digest: str, data: bytes) -> tuple[str, bool]:
+        """Store bytes as ``folder/<sha256>`` (written once, atomically); returns the path and
+        whether this call wrote it."""
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / digest
-        if not target.exists():
+        written = not target.exists()
+        if written:
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)
-        return str(target.resolve())
-
-
-def _with_settings(scanner: Scanner, settings: Settings) -> Scanner:
-    """The same loaded scanner with other output settings (top_k, min_score) for one call."""
-    copy = object.__new__(Scanner)
-    copy.__dict__.update(scanner.__dict__)
-    copy.settings = settings
-    return copy
+        return str(target.resolve()), written
 
 
 class BodyLimit:
