@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from .config import Settings
 from .embedding import to_blob
 from .hashing import to_sqlite
-from .pipeline import Models, Prepared, batched, prepare_batch
+from .pipeline import Models, Prepared
 from .store import NewCatalogImage, Store
+from .workers import prepared_batches
 
 ADDED = "added"
 KNOWN = "known"
@@ -40,10 +40,12 @@ def add_to_catalog(
 ) -> Iterator[AddResult]:
     """Index ``paths`` into the catalog; yields one :class:`AddResult` per path, in order.
     ``owner`` and ``external_id`` (the caller's own id) are stored with every new image."""
-    for batch in batched(paths, settings.batch_size):
-        # Content is looked up per batch so a killed-and-rerun job skips finished work.
-        known: dict[str, int] = {}
-        prepared = prepare_batch(batch, settings, known=partial(_lookup, store, known), catalog=True)
+    # Content is looked up per batch so a killed-and-rerun job skips finished work: when the
+    # batch is read (before decoding), and again before it is stored, since the batches read
+    # ahead were looked up before the ones ahead of them were stored.
+    for prepared in prepared_batches(paths, settings, known=store.known_sha256, catalog=True):
+        known = store.known_sha256([p.sha256 for p in prepared if p.sha256])
+        prepared = [_skip(p) if p.ok and p.sha256 in known else p for p in prepared]
         fresh = [p for p in prepared if p.ok]
         # The same content twice in one batch is embedded once.
         first: dict[str, Prepared] = {}
@@ -79,7 +81,6 @@ def add_to_catalog(
                 seen.add(sha)
 
 
-def _lookup(store: Store, known: dict[str, int], digests: Sequence[str]) -> dict[str, int]:
-    """Record in ``known`` (and return) the catalog ids of content already stored."""
-    known.update(store.known_sha256(digests))
-    return known
+def _skip(p: Prepared) -> Prepared:
+    """A prepared image whose content turned out to be stored already."""
+    return Prepared(path=p.path, sha256=p.sha256, skipped=True)

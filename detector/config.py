@@ -24,7 +24,7 @@ class Settings:
         2.0, "refuse images whose grey levels vary less than this std (flat, unhashable)"
     )
     decode_side: int = _setting(
-        512,
+        448,
         "decode at the smallest scale whose longer side is still at least this many pixels "
         "(JPEG: 1/2, 1/4 or 1/8 in the DCT domain; other formats: a whole-factor box reduce); "
         "0 decodes at full size",
@@ -47,6 +47,11 @@ class Settings:
     image_size: int = _setting(224, "CNN input side in pixels")
     gem_p: float = _setting(3.0, "GeM pooling exponent for the embedding")
     batch_size: int = _setting(32, "images per CNN batch")
+    jobs: int = _setting(
+        0,
+        "worker processes that decode and hash while the main process searches and embeds "
+        "(0: one per CPU; 1: decode in the main process); small jobs always decode in the main process",
+    )
     cnn_bf16: bool = _setting(
         True,
         "run the CNN in bfloat16 on processors that compute it natively (AVX512-BF16, AMX); "

@@ -13,7 +13,8 @@ from .config import Settings
 from .hashing import Probe
 from .index import HammingIndex
 from .matching import NONE, score, verdict
-from .pipeline import Models, Prepared, batched, prepare_batch
+from .pipeline import Models, Prepared
+from .workers import prepared_batches
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def find_duplicates(
     """Group the images of ``paths`` that are copies or near-duplicates of each other.
     ``progress`` is called with the number of paths read after each batch."""
     prepared: list[Prepared] = []
-    for batch in batched(paths, settings.batch_size):
-        prepared.extend(prepare_batch(batch, settings))
+    for batch in prepared_batches(paths, settings):
+        prepared.extend(batch)
         if progress is not None:
             progress(len(batch))
     good = [p for p in prepared if p.codes is not None]

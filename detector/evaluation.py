@@ -29,9 +29,10 @@ from .config import Settings
 from .errors import ImageError
 from .imaging import load_image
 from .matching import ScanResult
-from .pipeline import Models, batched, prepare_batch
+from .pipeline import Models
 from .scanning import FAST, Scanner
 from .store import Store
+from .workers import prepared_batches
 
 QUERY_QUALITY = 90  # attacked copies are written as JPEG, as crawled images mostly are
 
@@ -203,20 +204,17 @@ def evaluate(
     Returns the figures per mode and, per mode, every prediction as (score, correct), which
     :func:`calibrate` turns into thresholds."""
     everything = settings.replace(min_score=0.0, top_k=max(settings.top_k, 5))
-    scanners = {
-        m: Scanner(store, models, everything, mode=m, exclude=query_set.held_out) for m in modes
-    }
+    scanners = {m: Scanner(store, models, everything, mode=m, exclude=query_set.held_out) for m in modes}
     results: dict[str, list[ScanResult]] = {m: [] for m in modes}
     seconds = dict.fromkeys(modes, 0.0)
     paths = [q.path for q in query_set.queries]
-    for batch in batched(paths, settings.batch_size):
-        prepared = prepare_batch(batch, settings)
+    for prepared in prepared_batches(paths, settings):
         for m, scanner in scanners.items():
             t0 = time.perf_counter()
             results[m].extend(scanner.scan_prepared(prepared))
             seconds[m] += time.perf_counter() - t0
         if progress is not None:
-            progress(len(batch))
+            progress(len(prepared))
     figures = []
     pairs: dict[str, list[tuple[float, bool]]] = {}
     for m in modes:

@@ -1,6 +1,15 @@
-"""Stage 1 codes: 64-bit pHash and dHash, identical to imagehash's ``phash``/``dhash`` on the
-same decoded image, held as Python ints / numpy uint64 whose most significant bit is the first
-bit of imagehash's bit array (so ``f"{code:016x}"`` is imagehash's hex string)."""
+"""Stage 1 codes: 64-bit pHash and dHash as imagehash computes them (Lanczos to 32x32 and a
+DCT; Lanczos to 9x8 and horizontal gradients), held as Python ints / numpy uint64 whose most
+significant bit is the first bit of imagehash's bit array (so ``f"{code:016x}"`` is
+imagehash's hex string).
+
+One difference, for speed: a large image is first box-reduced by a whole factor to at least
+:data:`WORK_SIDE` pixels on its shorter side (:func:`working_grey`), and the two Lanczos
+resizes run on that. Lanczos from 500 pixels to 32 weighs over a hundred source pixels per
+output pixel; from 128 to 32 about twelve: the codes cost a quarter of the time (1.37 to 0.30
+ms on a 578x433 grey image). They stay within a few bits of imagehash's (tested bound:
+pHash 8, dHash 8; measured on 1 MP to 12 MP JPEGs at most 6 and 5, means about 1); images
+of at most ``2 * WORK_SIDE - 1`` pixels on the shorter side give imagehash's exact values."""
 
 from __future__ import annotations
 
@@ -11,7 +20,8 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-HASHER_ID = "phash64+dhash64:imagehash-4.3-compatible:lanczos:content-box+centre-crop-variants:v3"
+HASHER_ID = "phash64+dhash64:imagehash-4.3-lanczos:box-reduced-to-128:content-box+centre-crop-variants:v4"
+WORK_SIDE = 128  # the shorter side a grey image is box-reduced to, at least, before hashing
 _PHASH_SIZE = 32  # imagehash: hash_size 8 * highfreq_factor 4
 _LOW = 8
 
@@ -52,6 +62,13 @@ def unpack_bits(code: int) -> np.ndarray:
     return np.unpackbits(raw).astype(bool).reshape(8, 8)
 
 
+def working_grey(grey: Image.Image) -> Image.Image:
+    """``grey`` box-reduced by the largest whole factor that keeps its shorter side at least
+    :data:`WORK_SIDE` pixels (itself when that factor is 1): what the codes are computed from."""
+    factor = min(grey.size) // WORK_SIDE
+    return grey.reduce(factor) if factor > 1 else grey
+
+
 def low_dct(grey: Image.Image) -> np.ndarray:
     """The 8x8 low-frequency DCT block pHash thresholds: 32x32 Lanczos, then only the
     frequencies that are used. (8, 8) float64, rows vertical and columns horizontal frequency."""
@@ -84,7 +101,7 @@ def dhash_from_grey(grey: Image.Image) -> int:
 
 def image_codes(rgb: np.ndarray) -> Codes:
     """pHash and dHash of a (h, w, 3) uint8 RGB array (Pillow's ITU-R 601 luma, as imagehash)."""
-    grey = Image.fromarray(rgb, mode="RGB").convert("L")
+    grey = working_grey(Image.fromarray(rgb, mode="RGB").convert("L"))
     return Codes(phash=phash_from_grey(grey), dhash=dhash_from_grey(grey))
 
 
@@ -172,6 +189,7 @@ def dihedral_probes(grey: Image.Image, transforms: tuple[str, ...], suffix: str 
     """Probes for the given dihedral transforms of a mode-'L' image, from one resize and one
     DCT: every variant's pHash comes from the original's DCT block, and the mirrored variants'
     dHash from its gradient bits."""
+    grey = working_grey(grey)
     low = low_dct(grey)
     bits = dhash_bits(grey)
     probes = []

@@ -13,7 +13,7 @@ Policy:
 - 16-bit, 32-bit and float greyscale are rescaled to 8 bits; palette, CMYK, YCbCr, 1-bit
   are converted to RGB;
 - images with a side under ``min_side`` pixels or with almost no variation are unhashable;
-- large images are decoded small (``decode_side``): no stage looks at more than 512 pixels
+- large images are decoded small (``decode_side``): no stage needs more than about 500 pixels
   on the longer side, so a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
   (libjpeg skips most of the inverse DCT and colour conversion) and any image still a whole
   factor too large is box-reduced, never below ``decode_side`` on the longer side nor below

@@ -55,31 +55,51 @@ class Prepared:
         return self.small
 
 
+@dataclass(frozen=True)
+class RawInput:
+    """One path as read: its bytes and their sha256, or the error reading it gave."""
+
+    path: str
+    data: bytes | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+def read_inputs(paths: Sequence[str], settings: Settings) -> list[RawInput]:
+    """Read every path and hash its content; an unreadable path gives its error."""
+    raw = []
+    for path in paths:
+        try:
+            content = read_bytes(path, settings)
+            raw.append(RawInput(path, content, content_hash(content)))
+        except ImageError as e:
+            raw.append(RawInput(path, error=_describe(e)))
+    return raw
+
+
 def prepare_batch(
     paths: Sequence[str],
     settings: Settings,
     known: Callable[[Sequence[str]], Container[str]] | None = None,
     catalog: bool = False,
+    *,
+    prepare: Callable[[str, bytes, str, Settings, bool], Prepared] | None = None,
 ) -> list[Prepared]:
     """Read every path, hash its content, then decode and compute codes for each one whose
     sha256 is not reported by ``known`` (content already stored is not decoded at all).
-    Bad input gives a Prepared with ``error``, never an exception."""
-    raw: list[tuple[str, bytes | None, str | None, str | None]] = []
-    for path in paths:
-        try:
-            content = read_bytes(path, settings)
-            raw.append((path, content, content_hash(content), None))
-        except ImageError as e:
-            raw.append((path, None, None, _describe(e)))
-    seen: Container[str] = known([r[2] for r in raw if r[2] is not None]) if known else ()
+    Bad input gives a Prepared with ``error``, never an exception. ``prepare``: what each
+    image is decoded with (default :func:`prepare_bytes`)."""
+    raw = read_inputs(paths, settings)
+    seen: Container[str] = known([r.sha256 for r in raw if r.sha256 is not None]) if known else ()
+    decode_one = prepare or prepare_bytes
     out = []
-    for path, data, sha, error in raw:
-        if data is None or sha is None:
-            out.append(Prepared(path=path, error=error))
-        elif sha in seen:
-            out.append(Prepared(path=path, sha256=sha, skipped=True))
+    for r in raw:
+        if r.data is None or r.sha256 is None:
+            out.append(Prepared(path=r.path, error=r.error))
+        elif r.sha256 in seen:
+            out.append(Prepared(path=r.path, sha256=r.sha256, skipped=True))
         else:
-            out.append(prepare_bytes(path, data, sha, settings, catalog=catalog))
+            out.append(decode_one(r.path, r.data, r.sha256, settings, catalog))
     return out
 
 

@@ -27,9 +27,10 @@ from .hashing import dihedral_image, from_sqlite, to_sqlite, undo_dihedral_point
 from .imaging import load_image
 from .index import Candidate, HammingIndex, ProbeDistances
 from .matching import Evidence, Match, ScanResult, rerank
-from .pipeline import Models, Prepared, batched, prepare_batch
+from .pipeline import Models, Prepared
 from .store import CatalogEntry, RecordedItem, RecordedMatch, Store
 from .verification import Features, features, verify, verify_grey
+from .workers import prepared_batches
 
 FAST = "fast"
 THOROUGH = "thorough"
@@ -175,8 +176,7 @@ class Scanner:
             reusable.update(self.store.reusable_items(digests, self.state))
             return reusable
 
-        for batch in batched(paths, self.settings.batch_size):
-            prepared = prepare_batch(batch, self.settings, known=known if reuse else None)
+        for prepared in prepared_batches(paths, self.settings, known=known if reuse else None):
             fresh = iter(self.scan_prepared([p for p in prepared if not p.skipped]))
             results = [
                 self.repeat(p.path, p.sha256, reusable[p.sha256]) if p.skipped and p.sha256 else next(fresh)
@@ -385,9 +385,8 @@ def scan_state(
     embedder and the copyscan version. Equal fingerprints give equal results."""
     values = dataclasses.asdict(settings)
     values.pop("batch_size")
-    blob = json.dumps(
-        [values, mode, generation, list(hidden), hasher, embedder, __version__], sort_keys=True
-    )
+    values.pop("jobs")
+    blob = json.dumps([values, mode, generation, list(hidden), hasher, embedder, __version__], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,184 @@
+"""The front of the pipeline (:func:`detector.pipeline.prepare_bytes`: decode, codes, CNN
+input, stage-3 grey) in worker processes, while this process searches, embeds and writes.
+
+:func:`prepared_batches` yields the prepared batches of a list of paths, in order. This
+process reads each file and hashes its content (so content already known is never sent to
+a worker, let alone decoded), then hands the bytes to a pool of workers and reads ahead: up
+to :data:`_AHEAD` batches (and :data:`_AHEAD_BYTES` of file content) are being decoded while
+the caller works on the current one. With one job, or a job too small to pay for starting
+workers, everything runs here, batch by batch, as :func:`detector.pipeline.prepare_batch`.
+
+A worker that dies (a decoder crashing on hostile bytes, the kernel's OOM killer) breaks
+the pool; the pool is started again and the images it held are decoded again one at a time,
+so the one that kills a worker gets an error of its own and the run goes on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable, Container, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from .config import Settings
+from .pipeline import Prepared, RawInput, batched, prepare_batch, prepare_bytes, read_inputs
+
+Prepare = Callable[[str, bytes, str, Settings, bool], Prepared]
+
+_AHEAD = 2  # batches read and handed to the workers beyond the one the caller holds
+_AHEAD_BYTES = 256 * 2**20  # and no more file content than this waiting in the pool
+_MIN_BATCHES = 2  # fewer batches than this are prepared here: starting workers costs ~0.5 s
+CRASHED = "WorkerCrashed: the worker process decoding this image died (a decoder crash or out of memory)"
+
+
+def worker_count(settings: Settings, images: int) -> int:
+    """How many worker processes prepare ``images`` images: ``settings.jobs``, or one per
+    CPU this process may run on when it is 0; 1 (no workers) for fewer than two batches."""
+    if images < _MIN_BATCHES * settings.batch_size:
+        return 1
+    if settings.jobs > 0:
+        return settings.jobs
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def prepared_batches(
+    paths: Sequence[str],
+    settings: Settings,
+    known: Callable[[Sequence[str]], Container[str]] | None = None,
+    catalog: bool = False,
+    *,
+    prepare: Prepare = prepare_bytes,
+) -> Iterator[list[Prepared]]:
+    """:func:`detector.pipeline.prepare_batch` over ``paths`` in batches of
+    ``settings.batch_size``, in order, decoded in :func:`worker_count` processes.
+    ``known`` is asked about each batch's content when the batch is read, which may be
+    before the caller has finished with the batches before it. ``prepare``: the function a
+    worker runs on each image (a module-level function, so workers can import it)."""
+    jobs = worker_count(settings, len(paths))
+    if jobs <= 1:
+        for batch in batched(paths, settings.batch_size):
+            yield prepare_batch(batch, settings, known, catalog, prepare=prepare)
+        return
+    pool = _Pool(jobs, prepare, settings, catalog)
+    try:
+        ahead: deque[list[Prepared | Future[Prepared]]] = deque()
+        sizes: deque[int] = deque()
+        for batch in batched(paths, settings.batch_size):
+            raw = read_inputs(batch, settings)
+            seen: Container[str] = known([r.sha256 for r in raw if r.sha256 is not None]) if known else ()
+            ahead.append([_slot(r, seen, pool) for r in raw])
+            sizes.append(sum(len(r.data or b"") for r in raw))
+            while len(ahead) > _AHEAD or (len(ahead) > 1 and sum(sizes) > _AHEAD_BYTES):
+                sizes.popleft()
+                yield pool.collect(ahead.popleft())
+        while ahead:
+            yield pool.collect(ahead.popleft())
+    finally:
+        pool.close()
+
+
+def _slot(r: RawInput, seen: Container[str], pool: _Pool) -> Prepared | Future[Prepared]:
+    """What one read input becomes: a finished Prepared (unreadable, or content known) or
+    the worker's future result."""
+    if r.data is None or r.sha256 is None:
+        return Prepared(path=r.path, error=r.error)
+    if r.sha256 in seen:
+        return Prepared(path=r.path, sha256=r.sha256, skipped=True)
+    return pool.submit(r)
+
+
+class _Pool:
+    """A process pool that starts again when a worker dies."""
+
+    def __init__(self, jobs: int, prepare: Prepare, settings: Settings, catalog: bool) -> None:
+        self.jobs = jobs
+        self.prepare = prepare
+        self.settings = settings
+        self.catalog = catalog
+        self._executor = self._start()
+        self._inputs: dict[Future[Prepared], RawInput] = {}
+
+    def _start(self) -> ProcessPoolExecutor:
+        # forkserver: workers are not forks of this process, whose torch threads and locks
+        # a fork would copy mid-use; spawn where there is no forkserver.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        return ProcessPoolExecutor(
+            max_workers=self.jobs, mp_context=multiprocessing.get_context(method), initializer=_worker_init
+        )
+
+    def submit(self, r: RawInput) -> Future[Prepared]:
+        try:
+            future = self._send(r)
+        except BrokenProcessPool:
+            self._restart()
+            future = self._send(r)
+        self._inputs[future] = r
+        return future
+
+    def _send(self, r: RawInput) -> Future[Prepared]:
+        assert r.data is not None and r.sha256 is not None
+        return self._executor.submit(self.prepare, r.path, r.data, r.sha256, self.settings, self.catalog)
+
+    def collect(self, slots: list[Prepared | Future[Prepared]]) -> list[Prepared]:
+        """The batch's results, in order; the inputs of a broken pool decoded again alone."""
+        out = []
+        for slot in slots:
+            if isinstance(slot, Prepared):
+                out.append(slot)
+                continue
+            r = self._inputs.pop(slot)
+            try:
+                out.append(slot.result())
+            except BrokenProcessPool:
+                out.append(self._alone(r))
+        return out
+
+    def _alone(self, r: RawInput) -> Prepared:
+        """One input decoded by itself in a fresh pool: an error for it if a worker dies again."""
+        self._restart()
+        try:
+            return self._send(r).result()
+        except BrokenProcessPool:
+            self._restart()
+            return Prepared(path=r.path, sha256=r.sha256, error=CRASHED)
+
+    def _restart(self) -> None:
+        """A new pool in place of a broken one (whose futures all fail: :meth:`collect`
+        decodes their inputs again, one at a time)."""
+        if not _broken(self._executor):
+            return
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._start()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _broken(executor: ProcessPoolExecutor) -> bool:
+    return bool(getattr(executor, "_broken", False))
+
+
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them (they would otherwise each
+    print a traceback), and end when their parent does: a main process killed outright
+    (SIGKILL, OOM) cannot stop them, and they would otherwise wait for work forever, holding
+    the terminal's or a cron job's output pipe open."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The process that started this pool (not the forkserver, which lives while its
+    # children do): join returns when the pipe it holds to this worker closes.
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="copyscan-parent-watch", daemon=True).start()
