@@ -67,8 +67,9 @@ class ProbeDistances:
 class HammingIndex:
     """Codes of the catalog, searched by Hamming radius.
 
-    ``ids``: (n,) int64 catalog ids, an id repeated for each of its codes; ``phash``,
-    ``dhash``: (n,) uint64 codes. Rows are kept in id order. ``mih``: search through
+    ``ids``: (n,) catalog ids, an id repeated for each of its codes (held as uint32 when
+    they fit, else int64); ``phash``, ``dhash``: (n,) uint64 codes. Rows are kept in id
+    order. ``mih``: search through
     multi-index hash tables (same answers, for large catalogs): True builds them now,
     False never, None (the default) once the catalog holds at least 5,000 codes and 16
     probes have been searched by brute force (about what building the tables costs).
@@ -79,8 +80,11 @@ class HammingIndex:
     ) -> None:
         if not (len(ids) == len(phash) == len(dhash)):
             raise ValueError("ids, phash and dhash must have the same length")
-        order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
-        self.ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64)[order])
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        # catalog ids (SQLite rowids) fit 32 bits in any real catalog: 4 bytes per code saved
+        narrow = len(ids) and 0 <= ids.min() and ids.max() < 2**31
+        self.ids = np.ascontiguousarray(ids[order].astype(np.uint32 if narrow else np.int64))
         self.phash = np.ascontiguousarray(np.asarray(phash, dtype=np.uint64)[order])
         self.dhash = np.ascontiguousarray(np.asarray(dhash, dtype=np.uint64)[order])
         self._mih_policy = mih
@@ -241,7 +245,7 @@ class HammingIndex:
         distance (for candidates found another way, such as embedding neighbours)."""
         out = []
         for cid in ids:
-            lo, hi = (int(x) for x in np.searchsorted(self.ids, [cid, cid + 1]))
+            lo, hi = (int(x) for x in np.searchsorted(self.ids, np.array([cid, cid + 1], dtype=np.int64)))
             if lo == hi:
                 continue
             if d.rows is None:

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 from .config import Settings
 from .pipeline import Prepared, RawInput, batched, prepare_batch, prepare_bytes, read_inputs
@@ -68,12 +69,12 @@ def prepared_batches(
         return
     pool = _Pool(jobs, prepare, settings, catalog)
     try:
-        ahead: deque[list[Prepared | Future[Prepared]]] = deque()
+        ahead: deque[list[Prepared | _Pending]] = deque()
         sizes: deque[int] = deque()
         for batch in batched(paths, settings.batch_size):
             raw = read_inputs(batch, settings)
             seen: Container[str] = known([r.sha256 for r in raw if r.sha256 is not None]) if known else ()
-            ahead.append([_slot(r, seen, pool) for r in raw])
+            ahead.append(pool.submit_batch(raw, seen))
             sizes.append(sum(len(r.data or b"") for r in raw))
             while len(ahead) > _AHEAD or (len(ahead) > 1 and sum(sizes) > _AHEAD_BYTES):
                 sizes.popleft()
@@ -84,18 +85,18 @@ def prepared_batches(
         pool.close()
 
 
-def _slot(r: RawInput, seen: Container[str], pool: _Pool) -> Prepared | Future[Prepared]:
-    """What one read input becomes: a finished Prepared (unreadable, or content known) or
-    the worker's future result."""
-    if r.data is None or r.sha256 is None:
-        return Prepared(path=r.path, error=r.error)
-    if r.sha256 in seen:
-        return Prepared(path=r.path, sha256=r.sha256, skipped=True)
-    return pool.submit(r)
+@dataclass(frozen=True)
+class _Pending:
+    """An input sent to a worker: item ``at`` of the list ``future`` will return."""
+
+    raw: RawInput
+    future: Future[list[Prepared]]
+    at: int
 
 
 class _Pool:
-    """A process pool that starts again when a worker dies."""
+    """A process pool that takes a batch's images in one chunk per worker (a task per image
+    costs more than a small image's decode), and starts again when a worker dies."""
 
     def __init__(self, jobs: int, prepare: Prepare, settings: Settings, catalog: bool) -> None:
         self.jobs = jobs
@@ -103,7 +104,6 @@ class _Pool:
         self.settings = settings
         self.catalog = catalog
         self._executor = self._start()
-        self._inputs: dict[Future[Prepared], RawInput] = {}
 
     def _start(self) -> ProcessPoolExecutor:
         # forkserver: workers are not forks of this process, whose torch threads and locks
@@ -113,38 +113,52 @@ class _Pool:
             max_workers=self.jobs, mp_context=multiprocessing.get_context(method), initializer=_worker_init
         )
 
-    def submit(self, r: RawInput) -> Future[Prepared]:
+    def submit_batch(self, raw: Sequence[RawInput], seen: Container[str]) -> list[Prepared | _Pending]:
+        """One batch's slots: finished Prepared (unreadable, or content known) and the
+        inputs sent to the workers, in ``jobs`` contiguous chunks."""
+        slots: list[Prepared | _Pending] = []
+        fresh: list[tuple[int, RawInput]] = []
+        for r in raw:
+            if r.data is None or r.sha256 is None:
+                slots.append(Prepared(path=r.path, error=r.error))
+            elif r.sha256 in seen:
+                slots.append(Prepared(path=r.path, sha256=r.sha256, skipped=True))
+            else:
+                fresh.append((len(slots), r))
+                slots.append(Prepared(path=r.path))  # replaced below
+        size = max(1, -(-len(fresh) // self.jobs))
+        for lo in range(0, len(fresh), size):
+            chunk = fresh[lo : lo + size]
+            future = self._send([r for _, r in chunk])
+            for at, (slot, r) in enumerate(chunk):
+                slots[slot] = _Pending(r, future, at)
+        return slots
+
+    def _send(self, chunk: list[RawInput]) -> Future[list[Prepared]]:
         try:
-            future = self._send(r)
+            return self._executor.submit(_prepare_chunk, self.prepare, chunk, self.settings, self.catalog)
         except BrokenProcessPool:
             self._restart()
-            future = self._send(r)
-        self._inputs[future] = r
-        return future
+            return self._executor.submit(_prepare_chunk, self.prepare, chunk, self.settings, self.catalog)
 
-    def _send(self, r: RawInput) -> Future[Prepared]:
-        assert r.data is not None and r.sha256 is not None
-        return self._executor.submit(self.prepare, r.path, r.data, r.sha256, self.settings, self.catalog)
-
-    def collect(self, slots: list[Prepared | Future[Prepared]]) -> list[Prepared]:
+    def collect(self, slots: list[Prepared | _Pending]) -> list[Prepared]:
         """The batch's results, in order; the inputs of a broken pool decoded again alone."""
         out = []
         for slot in slots:
             if isinstance(slot, Prepared):
                 out.append(slot)
                 continue
-            r = self._inputs.pop(slot)
             try:
-                out.append(slot.result())
+                out.append(slot.future.result()[slot.at])
             except BrokenProcessPool:
-                out.append(self._alone(r))
+                out.append(self._alone(slot.raw))
         return out
 
     def _alone(self, r: RawInput) -> Prepared:
         """One input decoded by itself in a fresh pool: an error for it if a worker dies again."""
         self._restart()
         try:
-            return self._send(r).result()
+            return self._send([r]).result()[0]
         except BrokenProcessPool:
             self._restart()
             return Prepared(path=r.path, sha256=r.sha256, error=CRASHED)
@@ -159,6 +173,17 @@ class _Pool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _prepare_chunk(
+    prepare: Prepare, chunk: list[RawInput], settings: Settings, catalog: bool
+) -> list[Prepared]:
+    """What a worker runs: ``prepare`` on each input of a chunk, in order."""
+    out = []
+    for r in chunk:
+        assert r.data is not None and r.sha256 is not None
+        out.append(prepare(r.path, r.data, r.sha256, settings, catalog))
+    return out
 
 
 def _broken(executor: ProcessPoolExecutor) -> bool:

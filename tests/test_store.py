@@ -84,6 +84,23 @@ def test_codes_round_trip_in_bulk_including_the_top_bit(tmp_path):
         assert entries[ids[3]].phash == 2**64 - 1
 
 
+def test_codes_load_in_chunks_in_id_order_own_code_first(tmp_path, monkeypatch):
+    import dataclasses
+
+    import detector.store
+
+    monkeypatch.setattr(detector.store, "_LOAD_ROWS", 3)  # many chunks
+    with _open(tmp_path / "c.db") as store:
+        images = [
+            dataclasses.replace(_image(i, 100 + i), variants=(("a", 200 + i, 0), ("b", 300 + i, 0)))
+            for i in range(5)
+        ]
+        ids = store.add_catalog_images(images)
+        got_ids, phash, _ = store.load_codes()
+        assert got_ids.tolist() == [i for i in ids for _ in range(3)]
+        assert phash.tolist() == [c + i for i in range(5) for c in (100, 200, 300)]
+
+
 def test_same_content_is_stored_once(tmp_path):
     with _open(tmp_path / "c.db") as store:
         first = store.add_catalog_images([_image(1, 5)])
@@ -245,8 +262,10 @@ def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
     )
     conn.close()
     with _open(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         ids, phash, _ = store.load_codes()
+        plan = store.conn.execute("EXPLAIN QUERY PLAN SELECT id, phash, dhash FROM catalog").fetchall()
+        assert "COVERING INDEX catalog_codes" in plan[0][-1]  # the descriptors are not read
         assert phash.tolist() == [2**64 - 1] and len(ids) == 1
         assert {"codes", "settings", "checks"} <= set(store.db.table_names())
         (entry,) = store.list_catalog()
