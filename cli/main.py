@@ -25,6 +25,10 @@ EXIT_MATCH = 0
 EXIT_NO_MATCH = 1
 EXIT_ERROR = 2
 EXIT_LOCKED = 3  # another copyscan run holds the database
+# Where the command line's defaults differ from the library's: a copyscan process decodes in
+# worker processes (the library does not start processes unless asked, since Python re-imports
+# the caller's main module in each worker).
+CLI_DEFAULTS: dict[str, Any] = {"jobs": 0}
 
 
 @dataclass
@@ -38,7 +42,7 @@ class App:
     _models: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.settings = Settings().replace(**self.overrides)
+        self.settings = Settings().replace(**{**CLI_DEFAULTS, **self.overrides})
 
     def open_store(self, create: bool = False) -> Any:
         """Open the database; settings it stores (calibrated thresholds) become this run's
@@ -56,7 +60,7 @@ class App:
                 stored[name] = parse_setting(name, raw)
             except (KeyError, ValueError):
                 self.say(f"warning: ignoring stored setting {name}={raw!r}")
-        self.settings = Settings().replace(**{**stored, **self.overrides})
+        self.settings = Settings().replace(**{**CLI_DEFAULTS, **stored, **self.overrides})
         return store
 
     @property

@@ -48,9 +48,11 @@ class Settings:
     gem_p: float = _setting(3.0, "GeM pooling exponent for the embedding")
     batch_size: int = _setting(32, "images per CNN batch")
     jobs: int = _setting(
-        0,
+        1,
         "worker processes that decode and hash while the main process searches and embeds "
-        "(0: one per CPU; 1: decode in the main process); small jobs always decode in the main process",
+        "(0: one per CPU, the command line's default; 1: none, the library's default, since "
+        "workers re-import the calling script, which then needs an if __name__ == '__main__' guard); "
+        "jobs under two batches always decode in the main process",
     )
     cnn_bf16: bool = _setting(
         True,

@@ -10,7 +10,12 @@ workers, everything runs here, batch by batch, as :func:`detector.pipeline.prepa
 
 A worker that dies (a decoder crashing on hostile bytes, the kernel's OOM killer) breaks
 the pool; the pool is started again and the images it held are decoded again one at a time,
-so the one that kills a worker gets an error of its own and the run goes on.
+so the one that kills a worker gets an error of its own and the run goes on. Workers that
+cannot run at all (three images in a row) are given up for decoding in this process.
+
+The library starts no workers unless ``Settings.jobs`` asks for them (the command line
+does): Python starts a worker by re-importing the calling script, which must then guard its
+work with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ Prepare = Callable[[str, bytes, str, Settings, bool], Prepared]
 _AHEAD = 2  # batches read and handed to the workers beyond the one the caller holds
 _AHEAD_BYTES = 256 * 2**20  # and no more file content than this waiting in the pool
 _MIN_BATCHES = 2  # fewer batches than this are prepared here: starting workers costs ~0.5 s
+_GIVE_UP = 3  # images in a row on which a worker died even alone: the workers are broken
 CRASHED = "WorkerCrashed: the worker process decoding this image died (a decoder crash or out of memory)"
 
 
@@ -104,6 +110,8 @@ class _Pool:
         self.settings = settings
         self.catalog = catalog
         self._executor = self._start()
+        self._crashes = 0  # images in a row whose worker died even alone
+        self._local = False  # workers gave up on: decode in this process
 
     def _start(self) -> ProcessPoolExecutor:
         # forkserver: workers are not forks of this process, whose torch threads and locks
@@ -123,6 +131,8 @@ class _Pool:
                 slots.append(Prepared(path=r.path, error=r.error))
             elif r.sha256 in seen:
                 slots.append(Prepared(path=r.path, sha256=r.sha256, skipped=True))
+            elif self._local:
+                slots.append(self._here(r))
             else:
                 fresh.append((len(slots), r))
                 slots.append(Prepared(path=r.path))  # replaced below
@@ -150,18 +160,35 @@ class _Pool:
                 continue
             try:
                 out.append(slot.future.result()[slot.at])
+                self._crashes = 0
             except BrokenProcessPool:
                 out.append(self._alone(slot.raw))
         return out
 
     def _alone(self, r: RawInput) -> Prepared:
-        """One input decoded by itself in a fresh pool: an error for it if a worker dies again."""
+        """One input decoded by itself in a fresh pool: an error for it if a worker dies again.
+        After :data:`_GIVE_UP` such images in a row the workers themselves are what fails (a
+        script without a ``__main__`` guard, no shared memory): the rest, this image
+        included, is decoded in this process."""
+        if self._local:
+            return self._here(r)
         self._restart()
         try:
-            return self._send([r]).result()[0]
+            result = self._send([r]).result()[0]
+            self._crashes = 0
+            return result
         except BrokenProcessPool:
+            self._crashes += 1
+            if self._crashes >= _GIVE_UP:
+                self._local = True
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                return self._here(r)
             self._restart()
             return Prepared(path=r.path, sha256=r.sha256, error=CRASHED)
+
+    def _here(self, r: RawInput) -> Prepared:
+        assert r.data is not None and r.sha256 is not None
+        return self.prepare(r.path, r.data, r.sha256, self.settings, self.catalog)
 
     def _restart(self) -> None:
         """A new pool in place of a broken one (whose futures all fail: :meth:`collect`

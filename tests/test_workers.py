@@ -3,6 +3,7 @@ order; content already known is never decoded; a worker that dies costs only its
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -46,7 +47,15 @@ def _same(a: Prepared, b: Prepared) -> bool:
     return arrays and all(getattr(a, n) == getattr(b, n) for n in names)
 
 
+def crash_in_workers(path: str, data: bytes, sha: str, settings: Settings, catalog: bool) -> Prepared:
+    """prepare_bytes, except that every worker process dies (as one that cannot even start)."""
+    if multiprocessing.parent_process() is not None:
+        os._exit(3)
+    return prepare_bytes(path, data, sha, settings, catalog)
+
+
 def test_worker_count():
+    assert worker_count(Settings(), 1000) == 1  # the library starts no processes unless asked
     assert worker_count(PARALLEL, 7) == 1  # under two batches: not worth starting workers
     assert worker_count(PARALLEL, 8) == 2
     assert worker_count(PARALLEL.replace(jobs=1), 1000) == 1
@@ -88,6 +97,21 @@ def test_a_worker_that_dies_costs_only_its_image(inputs, make_image):
     assert [p.path for p in flat] == paths
     assert flat[6].error == CRASHED and flat[6].sha256 is not None
     assert [p.ok for p in flat].count(True) == 14  # every other image, after the pool restarted
+
+
+def test_workers_that_cannot_run_are_given_up_for_this_process(inputs):
+    flat = [p for b in prepared_batches(inputs, PARALLEL, prepare=crash_in_workers) for p in b]
+    assert [p.path for p in flat] == inputs
+    assert [p.error for p in flat[:2]] == [CRASHED, CRASHED]  # before the third in a row
+    assert all(p.ok for i, p in enumerate(flat[2:], 2) if i not in (5, 9))
+    assert "CorruptImage" in (flat[5].error or "")
+
+
+def test_the_command_line_decodes_in_workers_by_default():
+    from cli.main import App
+
+    assert App(db="x.db", quiet=True, overrides={}).settings.jobs == 0
+    assert App(db="x.db", quiet=True, overrides={"jobs": 1}).settings.jobs == 1
 
 
 def _store(tmp_path: Path, settings: Settings) -> Store:
