@@ -44,14 +44,16 @@ class App:
     def __post_init__(self) -> None:
         self.settings = Settings().replace(**{**CLI_DEFAULTS, **self.overrides})
 
-    def open_store(self, create: bool = False) -> Any:
+    def open_store(self, create: bool = False, rehashing: bool = False) -> Any:
         """Open the database; settings it stores (calibrated thresholds) become this run's
-        defaults, under any --set."""
+        defaults, under any --set. ``rehashing``: a database of another hasher is accepted."""
         from detector.embedding import embedder_id
         from detector.hashing import HASHER_ID
         from detector.store import Store
 
-        store = Store.open(self.db, hasher=HASHER_ID, embedder=embedder_id(self.settings), create=create)
+        store = Store.open(
+            self.db, hasher=HASHER_ID, embedder=embedder_id(self.settings), create=create, rehashing=rehashing
+        )
         stored = {}
         for name, raw in store.stored_settings().items():
             if name in self.overrides:
@@ -238,6 +240,49 @@ def catalog_add(app: App, paths: tuple[str, ...], owner: str | None, wait: float
     elapsed = time.perf_counter() - started
     click.echo(f"added {counts['added']}, already in catalog {counts['known']}, errors {counts['error']}")
     app.say(f"{len(files)} files in {elapsed:.1f} s ({len(files) / max(elapsed, 1e-9):.1f} images/s)")
+
+
+@catalog.command("rehash")
+@quiet_option
+@click.option(
+    "--drop-missing",
+    is_flag=True,
+    help="Remove from the catalog the images whose file is gone or changed, so the rest can switch.",
+)
+@wait_option
+@click.pass_obj
+def catalog_rehash(app: App, drop_missing: bool, wait: float) -> None:
+    """Recompute every catalog image's stage-1 codes from its file, after an upgrade changed
+    copyscan's hasher (the database is refused until then). Descriptors, owners and scan
+    history are kept; a killed run goes on where it stopped. The catalog switches to the new
+    codes only when every image has them: images whose file is gone or changed are listed,
+    and kept with the old hasher unless --drop-missing."""
+    from detector.hashing import HASHER_ID
+    from detector.rehashing import rehash_catalog
+
+    started = time.perf_counter()
+    with _errors_to_click(), _locked(app, "catalog rehash", wait), app.open_store(rehashing=True) as store:
+        old = store.stored_hasher
+        if old == HASHER_ID:
+            click.echo(f"the catalog already uses hasher {HASHER_ID}: nothing to do")
+            return
+        with app.progress(store.stats().images, "rehashing") as bar:
+            result = rehash_catalog(store, app.settings, drop_missing=drop_missing, progress=bar.update)
+    for cid, path, why in result.failed:
+        click.echo(f"error: catalog image {cid}: {path}: {why}", err=True)
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"rehashed {result.rehashed} (and {result.staged_before} from an earlier run) of "
+        f"{result.images} catalog images, {len(result.failed)} unreadable or changed, "
+        f"{result.dropped} removed"
+    )
+    rate = result.rehashed / max(elapsed, 1e-9)
+    app.say(f"{result.rehashed} images in {elapsed:.1f} s ({rate:.1f} images/s)")
+    if not result.switched:
+        raise click.ClickException(
+            f"the catalog keeps hasher {old}: restore those files and run again, or add --drop-missing"
+        )
+    click.echo(f"the catalog now uses hasher {HASHER_ID}")
 
 
 @catalog.command("list")

@@ -197,6 +197,19 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX catalog_codes ON catalog (phash, dhash)")
 
 
+def _migrate_6(db: sqlite_utils.Database) -> None:
+    # ``catalog rehash``: a new hasher's codes are staged here, batch by batch (a killed run
+    # goes on), and swapped in for the old ones in one transaction at the end.
+    db.execute(
+        "CREATE TABLE rehash_codes ("
+        " catalog_id INTEGER PRIMARY KEY REFERENCES catalog(id) ON DELETE CASCADE,"
+        " hasher TEXT NOT NULL,"
+        " phash INTEGER NOT NULL,"
+        " dhash INTEGER NOT NULL,"
+        " variants TEXT NOT NULL)"
+    )
+
+
 def _migrate_4(db: sqlite_utils.Database) -> None:
     # Moderation at upload time: catalog images added over HTTP carry the caller's own id, and
     # every flagged check waits in ``checks`` for a moderator's decision.
@@ -228,6 +241,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_3,
     _migrate_4,
     _migrate_5,
+    _migrate_6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -241,14 +255,24 @@ class Store:
         self.path = path
         self.hasher = hasher
         self.embedder = embedder
+        self._rehashing = False
 
     @classmethod
     def open(
-        cls, path: str | Path, *, hasher: str, embedder: str, create: bool = True, shared: bool = False
+        cls,
+        path: str | Path,
+        *,
+        hasher: str,
+        embedder: str,
+        create: bool = True,
+        shared: bool = False,
+        rehashing: bool = False,
     ) -> Store:
         """Open (and, with ``create``, make) the database at ``path``, upgrade its schema and
         check that it was built with the same hasher and embedder. ``shared``: the connection
         may be used from several threads, one at a time (the caller serialises them).
+        ``rehashing``: another hasher is accepted, for :mod:`detector.rehashing` to replace
+        its codes (:attr:`stored_hasher` names it).
 
         Raises :class:`StoreError` subclasses: missing file without ``create``, a newer schema,
         other hasher/embedder, or a file that is not a SQLite database.
@@ -263,6 +287,7 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open database {p}: {e}") from e
         store = cls(conn, p, hasher, embedder)
+        store._rehashing = rehashing
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -324,11 +349,72 @@ class Store:
                 row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
                 if row is None:
                     self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, ours))
+                elif row[0] != ours and key == "hasher" and self._rehashing:
+                    continue
                 elif row[0] != ours:
                     raise IncompatibleDatabase(
                         f"{self.path} was built with {key} '{row[0]}', but this copyscan uses "
-                        f"'{ours}'; its codes cannot be mixed: use another --db or rebuild the catalog"
+                        f"'{ours}'; its codes cannot be mixed: "
+                        + (
+                            "copyscan catalog rehash recomputes them from the catalog files"
+                            if key == "hasher"
+                            else "use another --db or rebuild the catalog"
+                        )
                     )
+
+    # --- rehashing (a new hasher's codes for every catalog image) -----------------------------
+
+    @property
+    def stored_hasher(self) -> str:
+        """The hasher the catalog's codes were made with (other than :attr:`hasher` only in a
+        store opened ``rehashing``)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'hasher'").fetchone()
+        return str(row[0]) if row else self.hasher
+
+    def rehashed_ids(self) -> set[int]:
+        """Catalog ids whose new codes are staged already (a killed rehash goes on from here)."""
+        rows = self.conn.execute("SELECT catalog_id FROM rehash_codes WHERE hasher = ?", (self.hasher,))
+        return {int(r[0]) for r in rows}
+
+    def stage_rehash(self, rows: Sequence[tuple[int, int, int, tuple[tuple[str, int, int], ...]]]) -> None:
+        """Stage new codes, ``(catalog_id, phash, dhash, variants)`` signed as stored, in one
+        transaction; the catalog is untouched until :meth:`apply_rehash`."""
+        with self.write():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO rehash_codes (catalog_id, hasher, phash, dhash, variants)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(cid, self.hasher, p, d, json.dumps(v)) for cid, p, d, v in rows],
+            )
+
+    def apply_rehash(self) -> int:
+        """Replace every catalog image's codes by its staged ones and record this hasher, in
+        one transaction. Refused while a catalog image has none staged. Returns the images."""
+        with self.write():
+            missing = self.conn.execute(
+                "SELECT count(*) FROM catalog WHERE id NOT IN"
+                " (SELECT catalog_id FROM rehash_codes WHERE hasher = ?)",
+                (self.hasher,),
+            ).fetchone()[0]
+            if missing:
+                raise StoreError(f"{missing} catalog images have no new codes yet: the hasher stays")
+            staged = self.conn.execute(
+                "SELECT catalog_id, phash, dhash, variants FROM rehash_codes WHERE hasher = ?"
+                " AND catalog_id IN (SELECT id FROM catalog)",
+                (self.hasher,),
+            ).fetchall()
+            self.conn.executemany(
+                "UPDATE catalog SET phash = ?, dhash = ? WHERE id = ?",
+                [(p, d, cid) for cid, p, d, _ in staged],
+            )
+            self.conn.execute("DELETE FROM codes")
+            self.conn.executemany(
+                "INSERT INTO codes (catalog_id, variant, phash, dhash) VALUES (?, ?, ?, ?)",
+                [(cid, *v) for cid, _, _, vs in staged for v in json.loads(vs)],
+            )
+            self.conn.execute("DELETE FROM rehash_codes")
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'hasher'", (self.hasher,))
+            self._bump_generation()
+        return len(staged)
 
     # --- catalog ---------------------------------------------------------------------------
 

@@ -262,12 +262,12 @@ def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
     )
     conn.close()
     with _open(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         ids, phash, _ = store.load_codes()
         plan = store.conn.execute("EXPLAIN QUERY PLAN SELECT id, phash, dhash FROM catalog").fetchall()
         assert "COVERING INDEX catalog_codes" in plan[0][-1]  # the descriptors are not read
         assert phash.tolist() == [2**64 - 1] and len(ids) == 1
-        assert {"codes", "settings", "checks"} <= set(store.db.table_names())
+        assert {"codes", "settings", "checks", "rehash_codes"} <= set(store.db.table_names())
         (entry,) = store.list_catalog()
         assert entry.path == "/old.jpg" and store.catalog_generation() == 0
 
