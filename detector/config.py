@@ -67,6 +67,22 @@ class Settings:
     inliers_floor: int = _setting(10, "stage 3: RANSAC inliers at or below which a pair gains nothing")
     inliers_full: int = _setting(50, "stage 3: RANSAC inliers at which a pair gains the full stage-3 score")
     geo_weight: float = _setting(0.45, "weight of stage 3 in the score when it ran")
+    sift: bool = _setting(
+        True,
+        "thorough mode: where ORB leaves a pair short of inliers_full, stage 3 also counts SIFT "
+        "inliers (far fewer chance inliers on texture; about 25 ms more per query)",
+    )
+    sift_floor: int = _setting(4, "stage 3: SIFT inliers at or below which a pair gains nothing from them")
+    sift_full: int = _setting(50, "stage 3: SIFT inliers at which a pair gains the full stage-3 score")
+    blur_match: bool = _setting(
+        True,
+        "thorough mode: a blurred or thumbnail-sized query is also compared with its best "
+        "candidates shrunk 2 and 3 times and enlarged back (the better cosine counts)",
+    )
+    blur_detail: float = _setting(
+        2.0,
+        "fine detail (mean grey change when halved and enlarged back) under which a query counts as blurred",
+    )
     unconfirmed_cap: float = _setting(
         0.35,
         "highest score of a pair found by the embedding alone (outside every stage-1 radius) "

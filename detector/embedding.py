@@ -56,6 +56,26 @@ def resize_for_cnn(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
+def fine_detail(small: np.ndarray) -> float:
+    """How much fine detail a CNN-sized image holds: the mean absolute grey-level change when
+    it is halved and enlarged back. Low (under 2) for blurred images and enlarged thumbnails."""
+    grey = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    h, w = grey.shape
+    half = cv2.resize(grey, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+    back = cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
+    return float(np.abs(grey - back).mean())
+
+
+def degraded(small: np.ndarray, factor: int) -> np.ndarray:
+    """A CNN-sized image shrunk ``factor`` times and enlarged back: how a copy that went
+    through a thumbnail or a blur looks, to compare such a query with like."""
+    h, w = small.shape[:2]
+    tiny = cv2.resize(
+        small, (max(8, round(w / factor)), max(8, round(h / factor))), interpolation=cv2.INTER_AREA
+    )
+    return cv2.resize(tiny, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
     """(h, w, 3) uint8 RGB to a (size, size, 3) float32 network input."""
     return (resize_for_cnn(rgb, size).astype(np.float32) - _MEAN) / _STD

@@ -45,6 +45,12 @@ class Evidence:
     inliers: int | None
     query_region: Region | None = None
     catalog_region: Region | None = None
+    sift_inliers: int | None = None  # SIFT's count, where it was also asked (thorough mode)
+
+    def confirms(self, settings: Settings) -> bool:
+        """Whether the keypoints found more than chance agreement."""
+        orb = self.inliers is not None and self.inliers > settings.inliers_floor
+        return orb or (self.sift_inliers is not None and self.sift_inliers > settings.sift_floor)
 
 
 @dataclass(frozen=True)
@@ -68,12 +74,19 @@ class ScanResult:
         return any(m.verdict != NONE for m in self.matches)
 
 
-def score(hamming: int, cosine: float, settings: Settings, inliers: int | None = None) -> float:
+def score(
+    hamming: int,
+    cosine: float,
+    settings: Settings,
+    inliers: int | None = None,
+    sift_inliers: int | None = None,
+) -> float:
     """Confidence that a pair is a copy, in [0, 1]: a weighted mean of the stage-1 similarity
     (1 at distance 0, 0 at ``hamming_ceiling`` bits) and the CNN similarity (0 at
     ``cosine_floor``, 1 at cosine 1); when stage 3 ran (``inliers`` not None), that mean
     weighs ``1 - geo_weight`` and the stage-3 evidence (0 at ``inliers_floor`` RANSAC
-    inliers, 1 at ``inliers_full``) the rest. A pair stage 3 did not reach counts 0 inliers."""
+    inliers, 1 at ``inliers_full``; or SIFT's, 0 at ``sift_floor`` and 1 at ``sift_full``,
+    whichever says more) the rest. A pair stage 3 did not reach counts 0 inliers."""
     s1 = min(max(1.0 - hamming / settings.hamming_ceiling, 0.0), 1.0)
     s2 = min(max((cosine - settings.cosine_floor) / (1.0 - settings.cosine_floor), 0.0), 1.0)
     w = settings.cnn_weight
@@ -82,6 +95,9 @@ def score(hamming: int, cosine: float, settings: Settings, inliers: int | None =
         return mean
     span = max(settings.inliers_full - settings.inliers_floor, 1)
     s3 = min(max((inliers - settings.inliers_floor) / span, 0.0), 1.0)
+    if sift_inliers is not None:
+        span = max(settings.sift_full - settings.sift_floor, 1)
+        s3 = max(s3, min(max((sift_inliers - settings.sift_floor) / span, 0.0), 1.0))
     return (1.0 - settings.geo_weight) * mean + settings.geo_weight * s3
 
 
@@ -101,6 +117,7 @@ def rerank(
     entries: Mapping[int, CatalogEntry],
     settings: Settings,
     evidence: Mapping[int, Evidence] | None = None,
+    cosines: Mapping[int, float] | None = None,
 ) -> tuple[Match, ...]:
     """Score candidates by cosine between the query's descriptor for each candidate
     (``query_vecs[catalog_id]``, (1280,), the query turned as its probe matched) and the
@@ -108,7 +125,9 @@ def rerank(
     first, at most ``top_k``. Candidates whose catalog entry vanished meanwhile are dropped.
     With ``evidence`` (stage 3 ran on this query) a candidate it did not check counts 0
     inliers, and one that only the embedding found (outside every stage-1 radius) scores at
-    most ``unconfirmed_cap`` unless stage 3 found more than ``inliers_floor`` inliers."""
+    most ``unconfirmed_cap`` unless stage 3 found more than ``inliers_floor`` inliers (or SIFT
+    more than ``sift_floor``). ``cosines``: another cosine for some candidates (their catalog
+    image degraded like a blurred query); the higher of the two counts."""
     matches = []
     for c in candidates:
         vec = catalog_vecs.get(c.catalog_id)
@@ -116,10 +135,12 @@ def rerank(
         if vec is None or entry is None:
             continue
         cos = float(np.dot(query_vecs[c.catalog_id], vec))
+        if cosines is not None:
+            cos = max(cos, cosines.get(c.catalog_id, cos))
         found = None if evidence is None else evidence.get(c.catalog_id, Evidence(0))
         geo = None if found is None else found.inliers
-        value = score(c.hamming, cos, settings, geo)
-        if found is not None and not c.within_radius and (geo is None or geo <= settings.inliers_floor):
+        value = score(c.hamming, cos, settings, geo, None if found is None else found.sift_inliers)
+        if found is not None and not c.within_radius and not found.confirms(settings):
             value = min(value, settings.unconfirmed_cap)  # only the CNN says so, and it is easily fooled
         s = round(value, 4)  # the verdict is taken on the shown score
         if s < settings.reported_min_score:

@@ -21,21 +21,23 @@ import numpy as np
 
 from . import __version__
 from .config import Settings
-from .embedding import EMBEDDING_DIM, from_blobs
+from .embedding import EMBEDDING_DIM, degraded, fine_detail, from_blobs
 from .errors import ImageError
 from .hashing import dihedral_image, from_sqlite, to_sqlite, undo_dihedral_points
-from .imaging import load_image
+from .imaging import content_hash, load_image, read_bytes
 from .index import Candidate, HammingIndex, ProbeDistances
 from .matching import Evidence, Match, ScanResult, rerank
-from .pipeline import Models, Prepared
+from .pipeline import Models, Prepared, prepare_bytes
 from .store import CatalogEntry, RecordedItem, RecordedMatch, Store
-from .verification import Features, features, verify, verify_grey
+from .verification import Features, features, sift_features, verify, verify_grey
 from .workers import prepared_batches
 
 FAST = "fast"
 THOROUGH = "thorough"
 MODES = (FAST, THOROUGH)
 _FEATURE_CACHE = 2048  # catalog images whose keypoints a scanner keeps (about 40 kB each)
+_SIFT_CACHE = 1024  # and whose SIFT keypoints (about 70 kB each)
+_BLUR_FACTORS = (2, 3)  # a blurred query meets its candidates shrunk by these and enlarged back
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class Scanner:
         self._matrix: np.ndarray | None = None
         self._matrix_ids = np.zeros(0, dtype=np.int64)
         self._features: OrderedDict[int, Features | None] = OrderedDict()
+        self._sift: OrderedDict[int, Features | None] = OrderedDict()
+        self._degraded: OrderedDict[int, np.ndarray | None] = OrderedDict()
         if isinstance(store, CatalogSnapshot):
             generation, hidden = store.generation, np.array(store.hidden, dtype=np.int64)
             self.index = HammingIndex(store.ids, store.phash, store.dhash)
@@ -236,11 +240,16 @@ class Scanner:
             matches: tuple[Match, ...] = ()
             if i in need_cnn:
                 query_vecs = {c.catalog_id: vecs[i, self._turn(c)] for c in cands}
-                evidence = None
-                if s.verify:  # stage 3 on the best candidates by stages 1 and 2, all of them ranked
+                evidence, cosines = None, None
+                blurred = self.mode == THOROUGH and s.blur_match and fine_detail(p.cnn_input) < s.blur_detail
+                if s.verify or blurred:  # the best candidates by stages 1 and 2, all of them ranked
                     first = rerank(cands, query_vecs, catalog_vecs, entries, ranked_all)
+                if blurred:
+                    cosines = self._blur_cosines(first[: s.verify_top], query_vecs, entries)
+                    first = rerank(cands, query_vecs, catalog_vecs, entries, ranked_all, cosines=cosines)
+                if s.verify:  # stage 3 on the best of them
                     evidence = self._verify(p, first, {c.catalog_id: c for c in cands}, entries)
-                matches = rerank(cands, query_vecs, catalog_vecs, entries, s, evidence)
+                matches = rerank(cands, query_vecs, catalog_vecs, entries, s, evidence, cosines)
             results.append(
                 ScanResult(
                     query=p.path,
@@ -289,39 +298,88 @@ class Scanner:
             return None
         out: dict[int, Evidence] = {}
         query_features: dict[str, Features] = {}
+        query_sift: dict[str, Features] = {}
         for m in chosen:
-            catalog = self._catalog_features(m.catalog_id, entries[m.catalog_id].path)
+            path = entries[m.catalog_id].path
+            catalog = self._catalog_features(m.catalog_id, path)
             if catalog is None:
                 continue
             turn = self._turn(cands[m.catalog_id], for_cnn=False)
             if turn not in query_features:
                 query_features[turn] = features(dihedral_image(p.grey, turn))
-            v = verify(query_features[turn], catalog)
-            if not v.conclusive:
+            orb = verify(query_features[turn], catalog)
+            if not orb.conclusive:
                 out[m.catalog_id] = Evidence(None)
                 continue
-            if v.inliers <= s.inliers_floor or v.query_region is None:  # chance matches: no region
-                out[m.catalog_id] = Evidence(v.inliers)
+            sift = None  # SIFT's word where ORB's is not full (thorough mode)
+            if self.mode == THOROUGH and s.sift and orb.inliers < s.inliers_full:
+                catalog_sift = self._catalog_features(m.catalog_id, path, sift=True)
+                if catalog_sift is not None:
+                    if turn not in query_sift:
+                        query_sift[turn] = sift_features(dihedral_image(p.grey, turn))
+                    sift = verify(query_sift[turn], catalog_sift)
+            sift_inliers = None if sift is None else sift.inliers
+            # the matched region: ORB's beyond chance, else SIFT's beyond chance, else none
+            shown = orb if orb.inliers > s.inliers_floor else None
+            if shown is None and sift is not None and sift.inliers > s.sift_floor:
+                shown = sift
+            if shown is None or shown.query_region is None:
+                out[m.catalog_id] = Evidence(orb.inliers, sift_inliers=sift_inliers)
                 continue
-            back = undo_dihedral_points(v.query_region, turn)
-            out[m.catalog_id] = Evidence(v.inliers, back, v.catalog_region)
+            back = undo_dihedral_points(shown.query_region, turn)
+            out[m.catalog_id] = Evidence(orb.inliers, back, shown.catalog_region, sift_inliers)
         if chosen and not out:
             return None
         return out
 
-    def _catalog_features(self, catalog_id: int, path: str) -> Features | None:
-        """Keypoints of a catalog image, read from its file once per scanner (the most
-        recently used are kept); None when the file cannot be read any more."""
-        if catalog_id in self._features:
-            self._features.move_to_end(catalog_id)
-            return self._features[catalog_id]
+    def _catalog_features(self, catalog_id: int, path: str, sift: bool = False) -> Features | None:
+        """ORB (or ``sift``) keypoints of a catalog image, read from its file once per scanner
+        (the most recently used are kept); None when the file cannot be read any more."""
+        cache, limit = (self._sift, _SIFT_CACHE) if sift else (self._features, _FEATURE_CACHE)
+        if catalog_id in cache:
+            cache.move_to_end(catalog_id)
+            return cache[catalog_id]
         try:
-            found: Features | None = features(verify_grey(load_image(path, self.settings).rgb))
+            grey = verify_grey(load_image(path, self.settings).rgb)
+            found: Features | None = sift_features(grey) if sift else features(grey)
         except ImageError:
             found = None
-        self._features[catalog_id] = found
-        if len(self._features) > _FEATURE_CACHE:
-            self._features.popitem(last=False)
+        cache[catalog_id] = found
+        if len(cache) > limit:
+            cache.popitem(last=False)
+        return found
+
+    def _blur_cosines(
+        self, ranked: Sequence[Match], query_vecs: dict[int, np.ndarray], entries: dict[int, CatalogEntry]
+    ) -> dict[int, float]:
+        """For a blurred query: each ranked candidate's best cosine against its catalog image
+        shrunk 2 and 3 times and enlarged back (like with like)."""
+        out = {}
+        for m in ranked:
+            vectors = self._degraded_vectors(m.catalog_id, entries[m.catalog_id].path)
+            if vectors is not None:
+                out[m.catalog_id] = float(np.max(vectors @ query_vecs[m.catalog_id]))
+        return out
+
+    def _degraded_vectors(self, catalog_id: int, path: str) -> np.ndarray | None:
+        """(2, 1280) descriptors of a catalog image's CNN input shrunk 2 and 3 times and
+        enlarged back, computed once per scanner (the most recently used are kept); None when
+        the file cannot be read any more or no longer holds the catalogued content."""
+        if catalog_id in self._degraded:
+            self._degraded.move_to_end(catalog_id)
+            return self._degraded[catalog_id]
+        found = None
+        try:
+            data = read_bytes(path, self.settings)
+            prepared = prepare_bytes(path, data, content_hash(data), self.settings)
+            if prepared.ok:
+                small = prepared.cnn_input
+                found = self.models.embed([degraded(small, f) for f in _BLUR_FACTORS])
+        except ImageError:
+            found = None
+        self._degraded[catalog_id] = found
+        if len(self._degraded) > _FEATURE_CACHE:
+            self._degraded.popitem(last=False)
         return found
 
     def _turn(self, c: Candidate, for_cnn: bool = True) -> str:

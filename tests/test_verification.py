@@ -9,7 +9,7 @@ import skimage.data
 
 from detector.hashing import dihedral_image
 from detector.matching import score
-from detector.verification import VERIFY_SIDE, features, verify, verify_grey
+from detector.verification import VERIFY_SIDE, features, sift_features, verify, verify_grey
 
 from .conftest import textured
 
@@ -45,6 +45,29 @@ def test_a_mirror_matches_once_turned_back(astronaut):
 @pytest.mark.parametrize("other", ["coffee", "chelsea", "rocket"])
 def test_unrelated_pictures_keep_few_inliers(astronaut, other):
     assert verify(_features(getattr(skimage.data, other)()), _features(astronaut)).inliers <= 12
+
+
+def _sift(rgb: np.ndarray):
+    return sift_features(verify_grey(rgb))
+
+
+def test_sift_also_verifies_a_rotated_crop_and_leaves_strangers_near_zero(astronaut):
+    copy = verify(_sift(_rotated_crop(astronaut)), _sift(astronaut))
+    assert copy.inliers >= 50 and copy.query_region is not None
+    assert copy.keypoints >= 60 and _sift(astronaut).descriptors.shape[1] == 128
+    for other in ("coffee", "chelsea", "rocket"):
+        assert verify(_sift(getattr(skimage.data, other)()), _sift(astronaut)).inliers <= 8
+
+
+@pytest.mark.parametrize(("side", "blur"), [(48, 0.8), (64, 1.5), (80, 1.5)])
+def test_sift_confirms_blurred_thumbnails_that_orb_leaves_at_chance(astronaut, settings, side, blur):
+    small = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_AREA)
+    thumb = cv2.GaussianBlur(small, (0, 0), blur)
+    orb = verify(_features(thumb), _features(astronaut)).inliers
+    sift = verify(_sift(thumb), _sift(astronaut)).inliers
+    assert orb <= settings.inliers_floor < 12  # chance level for ORB
+    assert sift > settings.sift_floor  # beyond chance for SIFT
+    assert score(8, 0.6, settings, orb, sift) > score(8, 0.6, settings, orb)
 
 
 def test_a_thumbnail_is_enlarged_and_still_verifies(astronaut):

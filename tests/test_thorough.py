@@ -1,0 +1,76 @@
+"""Thorough mode's extra evidence for degraded copies: a blurred or thumbnail-sized query
+meets its candidates degraded alike (the better cosine counts), and stage 3 also asks SIFT
+where ORB's inliers fall short; fast mode does neither."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from detector.cataloging import add_to_catalog
+from detector.config import Settings
+from detector.embedding import degraded, embedder_id, fine_detail, resize_for_cnn
+from detector.hashing import HASHER_ID
+from detector.matching import Evidence, score
+from detector.scanning import FAST, THOROUGH, Scanner
+from detector.store import Store
+
+
+def test_fine_detail_tells_a_blurred_or_enlarged_image_from_a_sharp_one():
+    sharp = resize_for_cnn(skimage.data.astronaut(), 224)
+    assert fine_detail(sharp) > 4.0
+    assert fine_detail(cv2.GaussianBlur(sharp, (0, 0), 2.0)) < 2.0
+    enlarged = cv2.resize(cv2.resize(sharp, (60, 60), interpolation=cv2.INTER_AREA), (224, 224))
+    assert fine_detail(enlarged) < 2.0
+    third = degraded(sharp, 3)
+    assert third.shape == sharp.shape and fine_detail(third) < fine_detail(sharp) / 2
+
+
+def test_sift_evidence_counts_where_it_says_more_and_confirms_a_pair(settings):
+    assert score(10, 0.6, settings, 12, 30) > score(10, 0.6, settings, 12) == score(10, 0.6, settings, 12, 2)
+    assert score(10, 0.6, settings, 60, 5) == score(10, 0.6, settings, 60)  # ORB's full evidence stands
+    assert Evidence(3, sift_inliers=settings.sift_floor + 1).confirms(settings)
+    assert not Evidence(3, sift_inliers=settings.sift_floor).confirms(settings)
+    assert Evidence(settings.inliers_floor + 1).confirms(settings) and not Evidence(None).confirms(settings)
+
+
+@pytest.fixture(scope="module")
+def thumbs(tmp_path_factory, models) -> tuple[Store, Path, Path]:
+    """A catalog of the shipped fixtures; a blurred 64 px thumbnail of one of them (enlarged
+    back, as sites show it) and a sharp re-encode of another."""
+    root = tmp_path_factory.mktemp("thorough")
+    catalog = sorted((Path(__file__).parent.parent / "fixtures" / "catalog").iterdir())
+    store = Store.open(root / "t.db", hasher=HASHER_ID, embedder=embedder_id(models.settings), create=True)
+    list(add_to_catalog(store, models, [str(p) for p in catalog], models.settings))
+    rgb = np.asarray(Image.open(catalog[0]).convert("RGB"))
+    h, w = rgb.shape[:2]
+    small = cv2.GaussianBlur(cv2.resize(rgb, (64, 64 * h // w), interpolation=cv2.INTER_AREA), (0, 0), 0.8)
+    blurred = root / "thumb.jpg"
+    Image.fromarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)).save(blurred, quality=85)
+    sharp = root / "sharp.jpg"
+    Image.open(catalog[1]).convert("RGB").save(sharp, quality=60)
+    return store, blurred, sharp
+
+
+def _top(store: Store, models, settings: Settings, mode: str, path: Path):
+    scanner = Scanner(store, models, settings.replace(min_score=0.0), mode=mode)
+    (result,) = scanner.scan([str(path)])
+    return result.matches[0]
+
+
+def test_a_blurred_thumbnail_meets_its_original_degraded_alike(thumbs, models):
+    store, blurred, sharp = thumbs
+    s = models.settings
+    fast = _top(store, models, s, FAST, blurred)
+    thorough = _top(store, models, s, THOROUGH, blurred)
+    plain = _top(store, models, s.replace(blur_match=False, sift=False), THOROUGH, blurred)
+    assert fast.catalog_path == thorough.catalog_path == plain.catalog_path
+    assert thorough.cosine > plain.cosine == fast.cosine  # the degraded catalog image is closer
+    assert thorough.score > plain.score
+    # a sharp query is compared as it is
+    assert _top(store, models, s, THOROUGH, sharp).cosine == _top(store, models, s, FAST, sharp).cosine
