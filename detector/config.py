@@ -70,7 +70,11 @@ class Settings:
     sift: bool = _setting(
         True,
         "thorough mode: where ORB leaves a pair short of inliers_full, stage 3 also counts SIFT "
-        "inliers (far fewer chance inliers on texture; about 25 ms more per query)",
+        "inliers (far fewer chance inliers on texture; 25 to 75 ms more per query, most of it "
+        "the catalog side)",
+    )
+    sift_top: int = _setting(
+        1, "stage 3: how many of the checked candidates SIFT also checks (the best first)"
     )
     sift_floor: int = _setting(4, "stage 3: SIFT inliers at or below which a pair gains nothing from them")
     sift_full: int = _setting(50, "stage 3: SIFT inliers at which a pair gains the full stage-3 score")
@@ -92,6 +96,15 @@ class Settings:
     cnn_weight: float = _setting(0.7, "weight of the CNN cosine in the score (the rest is stage 1)")
     cosine_floor: float = _setting(0.5, "cosine mapped to a CNN score of 0")
     hamming_ceiling: int = _setting(32, "Hamming distance mapped to a stage-1 score of 0")
+    distinct_weight: float = _setting(
+        0.5,
+        "thorough mode: weight, added to the score, of how far a candidate's cosine stands above "
+        "the query's best cosine with any other catalog image (a copy stands out; a look-alike "
+        "is one of many)",
+    )
+    twin_cosine: float = _setting(
+        0.9, "catalog images at least this close to a candidate are its twins: not its rivals"
+    )
     copy_threshold: float = _setting(0.51, "score at or above which the verdict is 'copy'")
     near_duplicate_threshold: float = _setting(
         0.38, "score at or above which the verdict is 'near-duplicate'"

@@ -67,8 +67,8 @@ def fine_detail(small: np.ndarray) -> float:
 
 
 def degraded(small: np.ndarray, factor: int) -> np.ndarray:
-    """A CNN-sized image shrunk ``factor`` times and enlarged back: how a copy that went
-    through a thumbnail or a blur looks, to compare such a query with like."""
+    """An image ((h, w) or (h, w, 3)) shrunk ``factor`` times and enlarged back: how a copy
+    that went through a thumbnail or a blur looks, to compare such a query with like."""
     h, w = small.shape[:2]
     tiny = cv2.resize(
         small, (max(8, round(w / factor)), max(8, round(h / factor))), interpolation=cv2.INTER_AREA

@@ -80,25 +80,30 @@ def score(
     settings: Settings,
     inliers: int | None = None,
     sift_inliers: int | None = None,
+    distinct: float | None = None,
 ) -> float:
     """Confidence that a pair is a copy, in [0, 1]: a weighted mean of the stage-1 similarity
     (1 at distance 0, 0 at ``hamming_ceiling`` bits) and the CNN similarity (0 at
     ``cosine_floor``, 1 at cosine 1); when stage 3 ran (``inliers`` not None), that mean
     weighs ``1 - geo_weight`` and the stage-3 evidence (0 at ``inliers_floor`` RANSAC
     inliers, 1 at ``inliers_full``; or SIFT's, 0 at ``sift_floor`` and 1 at ``sift_full``,
-    whichever says more) the rest. A pair stage 3 did not reach counts 0 inliers."""
+    whichever says more) the rest. A pair stage 3 did not reach counts 0 inliers. With
+    ``distinct`` (the pair's cosine less the query's best cosine with another catalog image;
+    thorough mode) ``distinct_weight`` times it is added, within [0, 1]."""
     s1 = min(max(1.0 - hamming / settings.hamming_ceiling, 0.0), 1.0)
     s2 = min(max((cosine - settings.cosine_floor) / (1.0 - settings.cosine_floor), 0.0), 1.0)
     w = settings.cnn_weight
-    mean = w * s2 + (1.0 - w) * s1
-    if inliers is None:
-        return mean
-    span = max(settings.inliers_full - settings.inliers_floor, 1)
-    s3 = min(max((inliers - settings.inliers_floor) / span, 0.0), 1.0)
-    if sift_inliers is not None:
-        span = max(settings.sift_full - settings.sift_floor, 1)
-        s3 = max(s3, min(max((sift_inliers - settings.sift_floor) / span, 0.0), 1.0))
-    return (1.0 - settings.geo_weight) * mean + settings.geo_weight * s3
+    value = w * s2 + (1.0 - w) * s1
+    if inliers is not None:
+        span = max(settings.inliers_full - settings.inliers_floor, 1)
+        s3 = min(max((inliers - settings.inliers_floor) / span, 0.0), 1.0)
+        if sift_inliers is not None:
+            span = max(settings.sift_full - settings.sift_floor, 1)
+            s3 = max(s3, min(max((sift_inliers - settings.sift_floor) / span, 0.0), 1.0))
+        value = (1.0 - settings.geo_weight) * value + settings.geo_weight * s3
+    if distinct is not None:
+        value = min(max(value + settings.distinct_weight * distinct, 0.0), 1.0)
+    return value
 
 
 def verdict(value: float, settings: Settings) -> str:
@@ -118,6 +123,7 @@ def rerank(
     settings: Settings,
     evidence: Mapping[int, Evidence] | None = None,
     cosines: Mapping[int, float] | None = None,
+    rivals: Mapping[int, float] | None = None,
 ) -> tuple[Match, ...]:
     """Score candidates by cosine between the query's descriptor for each candidate
     (``query_vecs[catalog_id]``, (1280,), the query turned as its probe matched) and the
@@ -127,7 +133,9 @@ def rerank(
     inliers, and one that only the embedding found (outside every stage-1 radius) scores at
     most ``unconfirmed_cap`` unless stage 3 found more than ``inliers_floor`` inliers (or SIFT
     more than ``sift_floor``). ``cosines``: another cosine for some candidates (their catalog
-    image degraded like a blurred query); the higher of the two counts."""
+    image degraded like a blurred query); the higher of the two counts. ``rivals``: for some
+    candidates, the query's best cosine with any other catalog image that is not the
+    candidate's twin (thorough mode); the candidate's distinctness is its cosine less that."""
     matches = []
     for c in candidates:
         vec = catalog_vecs.get(c.catalog_id)
@@ -139,7 +147,9 @@ def rerank(
             cos = max(cos, cosines.get(c.catalog_id, cos))
         found = None if evidence is None else evidence.get(c.catalog_id, Evidence(0))
         geo = None if found is None else found.inliers
-        value = score(c.hamming, cos, settings, geo, None if found is None else found.sift_inliers)
+        rival = None if rivals is None else rivals.get(c.catalog_id)
+        distinct = None if rival is None else cos - rival
+        value = score(c.hamming, cos, settings, geo, None if found is None else found.sift_inliers, distinct)
         if found is not None and not c.within_radius and not found.confirms(settings):
             value = min(value, settings.unconfirmed_cap)  # only the CNN says so, and it is easily fooled
         s = round(value, 4)  # the verdict is taken on the shown score

@@ -36,7 +36,8 @@ FAST = "fast"
 THOROUGH = "thorough"
 MODES = (FAST, THOROUGH)
 _FEATURE_CACHE = 2048  # catalog images whose keypoints a scanner keeps (about 40 kB each)
-_SIFT_CACHE = 1024  # and whose SIFT keypoints (about 70 kB each)
+_SIFT_CACHE = 2048  # and SIFT keypoints of catalog images, some also degraded (about 70 kB each)
+_RIVALS = 16  # a candidate's rival is the best of the query's nearest catalog images not its twins
 _BLUR_FACTORS = (2, 3)  # a blurred query meets its candidates shrunk by these and enlarged back
 
 
@@ -130,7 +131,7 @@ class Scanner:
         self._matrix: np.ndarray | None = None
         self._matrix_ids = np.zeros(0, dtype=np.int64)
         self._features: OrderedDict[int, Features | None] = OrderedDict()
-        self._sift: OrderedDict[int, Features | None] = OrderedDict()
+        self._sift: OrderedDict[tuple[int, int], Features | None] = OrderedDict()
         self._degraded: OrderedDict[int, np.ndarray | None] = OrderedDict()
         if isinstance(store, CatalogSnapshot):
             generation, hidden = store.generation, np.array(store.hidden, dtype=np.int64)
@@ -248,8 +249,9 @@ class Scanner:
                     cosines = self._blur_cosines(first[: s.verify_top], query_vecs, entries)
                     first = rerank(cands, query_vecs, catalog_vecs, entries, ranked_all, cosines=cosines)
                 if s.verify:  # stage 3 on the best of them
-                    evidence = self._verify(p, first, {c.catalog_id: c for c in cands}, entries)
-                matches = rerank(cands, query_vecs, catalog_vecs, entries, s, evidence, cosines)
+                    evidence = self._verify(p, first, {c.catalog_id: c for c in cands}, entries, blurred)
+                rivals = self._rivals(query_vecs, catalog_vecs)
+                matches = rerank(cands, query_vecs, catalog_vecs, entries, s, evidence, cosines, rivals)
             results.append(
                 ScanResult(
                     query=p.path,
@@ -287,11 +289,14 @@ class Scanner:
         ranked: Sequence[Match],
         cands: dict[int, Candidate],
         entries: dict[int, CatalogEntry],
+        blurred: bool = False,
     ) -> dict[int, Evidence] | None:
         """Stage 3 on the query's best ``verify_top`` candidates that score at least
         ``verify_floor`` before it: the evidence by catalog id (its inliers None for a pair
         too smooth to judge). None as a whole when no catalog image could be read (stage 3
-        then has no say and the score is stages 1 and 2 alone)."""
+        then has no say and the score is stages 1 and 2 alone). A ``blurred`` query's SIFT
+        keypoints also meet those of the catalog image shrunk 2 and 3 times and enlarged
+        back (like with like; the most inliers count)."""
         s = self.settings
         chosen = [m for m in ranked[: s.verify_top] if m.score >= s.verify_floor]
         if p.grey is None:
@@ -299,7 +304,7 @@ class Scanner:
         out: dict[int, Evidence] = {}
         query_features: dict[str, Features] = {}
         query_sift: dict[str, Features] = {}
-        for m in chosen:
+        for rank, m in enumerate(chosen):
             path = entries[m.catalog_id].path
             catalog = self._catalog_features(m.catalog_id, path)
             if catalog is None:
@@ -312,12 +317,14 @@ class Scanner:
                 out[m.catalog_id] = Evidence(None)
                 continue
             sift = None  # SIFT's word where ORB's is not full (thorough mode)
-            if self.mode == THOROUGH and s.sift and orb.inliers < s.inliers_full:
-                catalog_sift = self._catalog_features(m.catalog_id, path, sift=True)
-                if catalog_sift is not None:
+            if self.mode == THOROUGH and s.sift and rank < s.sift_top and orb.inliers < s.inliers_full:
+                factors = (1, *_BLUR_FACTORS) if blurred else (1,)
+                for catalog_sift in self._catalog_sift(m.catalog_id, path, factors):
                     if turn not in query_sift:
                         query_sift[turn] = sift_features(dihedral_image(p.grey, turn))
-                    sift = verify(query_sift[turn], catalog_sift)
+                    v = verify(query_sift[turn], catalog_sift)
+                    if sift is None or v.inliers > sift.inliers:
+                        sift = v
             sift_inliers = None if sift is None else sift.inliers
             # the matched region: ORB's beyond chance, else SIFT's beyond chance, else none
             shown = orb if orb.inliers > s.inliers_floor else None
@@ -332,22 +339,43 @@ class Scanner:
             return None
         return out
 
-    def _catalog_features(self, catalog_id: int, path: str, sift: bool = False) -> Features | None:
-        """ORB (or ``sift``) keypoints of a catalog image, read from its file once per scanner
-        (the most recently used are kept); None when the file cannot be read any more."""
-        cache, limit = (self._sift, _SIFT_CACHE) if sift else (self._features, _FEATURE_CACHE)
-        if catalog_id in cache:
-            cache.move_to_end(catalog_id)
-            return cache[catalog_id]
+    def _catalog_features(self, catalog_id: int, path: str) -> Features | None:
+        """ORB keypoints of a catalog image, read from its file once per scanner (the most
+        recently used are kept); None when the file cannot be read any more."""
+        if catalog_id in self._features:
+            self._features.move_to_end(catalog_id)
+            return self._features[catalog_id]
         try:
-            grey = verify_grey(load_image(path, self.settings).rgb)
-            found: Features | None = sift_features(grey) if sift else features(grey)
+            found: Features | None = features(verify_grey(load_image(path, self.settings).rgb))
         except ImageError:
             found = None
-        cache[catalog_id] = found
-        if len(cache) > limit:
-            cache.popitem(last=False)
+        self._features[catalog_id] = found
+        if len(self._features) > _FEATURE_CACHE:
+            self._features.popitem(last=False)
         return found
+
+    def _catalog_sift(self, catalog_id: int, path: str, factors: Sequence[int]) -> list[Features]:
+        """SIFT keypoints of a catalog image as it is (factor 1) and shrunk ``factor`` times
+        and enlarged back, each computed once per scanner (the most recently used are kept);
+        none when the file cannot be read any more."""
+        missing = [f for f in factors if (catalog_id, f) not in self._sift]
+        if missing:
+            try:
+                grey: np.ndarray | None = verify_grey(load_image(path, self.settings).rgb)
+            except ImageError:
+                grey = None
+            for f in missing:
+                image = grey if grey is None or f == 1 else degraded(grey, f)
+                self._sift[catalog_id, f] = None if image is None else sift_features(image)
+                if len(self._sift) > _SIFT_CACHE:
+                    self._sift.popitem(last=False)
+        out = []
+        for f in factors:
+            found = self._sift.get((catalog_id, f))
+            if found is not None:
+                self._sift.move_to_end((catalog_id, f))
+                out.append(found)
+        return out
 
     def _blur_cosines(
         self, ranked: Sequence[Match], query_vecs: dict[int, np.ndarray], entries: dict[int, CatalogEntry]
@@ -404,6 +432,35 @@ class Scanner:
             }
         blobs = self.catalog.embedding_blobs(ids)
         return dict(zip(blobs, from_blobs(list(blobs.values())), strict=True))
+
+    def _rivals(
+        self, query_vecs: dict[int, np.ndarray], catalog_vecs: dict[int, np.ndarray]
+    ) -> dict[int, float] | None:
+        """Thorough mode: per candidate, the query's best cosine (turned as for that
+        candidate) with any other visible catalog image that is not its twin (cosine with it
+        at least ``twin_cosine``: the same picture catalogued twice must not hide a copy of
+        it). None in fast mode (no descriptor matrix) or with ``distinct_weight`` 0."""
+        s = self.settings
+        if self._matrix is None or s.distinct_weight == 0 or len(self._matrix_ids) < 2:
+            return None
+        k = min(_RIVALS, len(self._matrix_ids))
+        ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # by query vector: rows, cosines
+        out = {}
+        for cid, vec in query_vecs.items():
+            own = catalog_vecs.get(cid)
+            if own is None:
+                continue
+            if id(vec) not in ranked:
+                sims = self._matrix @ vec
+                rows = np.argpartition(-sims, k - 1)[:k]
+                rows = rows[np.argsort(-sims[rows], kind="stable")]
+                ranked[id(vec)] = rows, sims[rows]
+            rows, sims = ranked[id(vec)]
+            twins = (self._matrix[rows] @ own >= s.twin_cosine) | (self._matrix_ids[rows] == cid)
+            others = sims[~twins]
+            if others.size:
+                out[cid] = float(others[0])
+        return out
 
     def _add_neighbours(
         self, cands: list[Candidate], vec: np.ndarray, p: Prepared, d: ProbeDistances

@@ -74,3 +74,58 @@ def test_a_blurred_thumbnail_meets_its_original_degraded_alike(thumbs, models):
     assert thorough.score > plain.score
     # a sharp query is compared as it is
     assert _top(store, models, s, THOROUGH, sharp).cosine == _top(store, models, s, FAST, sharp).cosine
+
+
+def test_catalog_sift_is_computed_once_per_factor_and_empty_for_a_lost_file(thumbs, models, tmp_path):
+    store, _, _ = thumbs
+    scanner = Scanner(store, models, models.settings, mode=THOROUGH)
+    entry = next(iter(store.list_catalog()))
+    first = scanner._catalog_sift(entry.id, entry.path, (1, 2, 3))
+    assert len(first) == 3 and all(f.descriptors.shape[1] == 128 for f in first)
+    assert len(first[2].points) < len(first[0].points)  # a blurred image holds fewer keypoints
+    again = scanner._catalog_sift(entry.id, entry.path, (1, 3))
+    assert again[0] is first[0] and again[1] is first[2]
+    assert scanner._catalog_sift(10_000, str(tmp_path / "gone.jpg"), (1, 2)) == []
+
+
+def test_distinctness_adds_to_the_score_within_bounds(settings):
+    plain = score(10, 0.6, settings, 20)
+    assert score(10, 0.6, settings, 20, distinct=0.2) == pytest.approx(plain + settings.distinct_weight * 0.2)
+    assert score(10, 0.6, settings, 20, distinct=-0.2) < plain
+    assert score(0, 1.0, settings, 60, distinct=0.5) == 1.0
+    assert score(40, 0.2, settings, 0, distinct=-0.5) == 0.0
+
+
+def _catalog(root: Path, models, images: list[Path]) -> Store:
+    root.mkdir()
+    store = Store.open(root / "c.db", hasher=HASHER_ID, embedder=embedder_id(models.settings), create=True)
+    list(add_to_catalog(store, models, [str(p) for p in images], models.settings))
+    return store
+
+
+def test_a_copy_that_stands_out_scores_higher_and_a_twin_does_not_hide_it(thumbs, models, tmp_path):
+    """The copy's cosine stands far above the rest of the catalog, which lifts its score; the
+    same picture catalogued twice (a smaller file of it) is not counted as its rival."""
+    _, blurred, _ = thumbs
+    images = sorted((Path(__file__).parent.parent / "fixtures" / "catalog").iterdir())
+    s = models.settings
+    single = _catalog(tmp_path / "single", models, images)
+    top = _top(single, models, s, THOROUGH, blurred)
+    flat = _top(single, models, s.replace(distinct_weight=0.0), THOROUGH, blurred)
+    assert top.catalog_path == flat.catalog_path == str(images[0])
+    assert top.score > flat.score + 0.05
+
+    twin = tmp_path / "twin.jpg"
+    original = Image.open(images[0]).convert("RGB")
+    half = (original.width // 2, original.height // 2)
+    original.resize(half, Image.Resampling.LANCZOS).save(twin, quality=90)
+    twins = _catalog(tmp_path / "twins", models, [*images, twin])
+    scanner = Scanner(twins, models, s.replace(min_score=0.0), mode=THOROUGH)
+    (result,) = scanner.scan([str(blurred)])
+    by_path = {m.catalog_path: m for m in result.matches}
+    pair = (by_path[str(images[0])], by_path[str(twin)])
+    assert max(m.score for m in pair) >= top.score - 0.03  # not lowered by the twin (SIFT checks the best)
+    assert all(m.verdict != "none" for m in pair)
+    blind = Scanner(twins, models, s.replace(min_score=0.0, twin_cosine=1.01), mode=THOROUGH)
+    (unaware,) = blind.scan([str(blurred)])
+    assert max(m.score for m in unaware.matches) < top.score - 0.05  # each copy would hide the other
