@@ -37,6 +37,7 @@ THOROUGH = "thorough"
 MODES = (FAST, THOROUGH)
 _FEATURE_CACHE = 2048  # catalog images whose keypoints a scanner keeps (about 40 kB each)
 _SIFT_CACHE = 2048  # and SIFT keypoints of catalog images, some also degraded (about 70 kB each)
+_GREY_CACHE = 8  # decoded catalog greys kept between their ORB and SIFT keypoints (256 kB each)
 _RIVALS = 16  # a candidate's rival is the best of the query's nearest catalog images not its twins
 _BLUR_FACTORS = (2, 3)  # a blurred query meets its candidates shrunk by these and enlarged back
 
@@ -133,6 +134,7 @@ class Scanner:
         self._features: OrderedDict[int, Features | None] = OrderedDict()
         self._sift: OrderedDict[tuple[int, int], Features | None] = OrderedDict()
         self._degraded: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self._greys: OrderedDict[int, np.ndarray | None] = OrderedDict()
         if isinstance(store, CatalogSnapshot):
             generation, hidden = store.generation, np.array(store.hidden, dtype=np.int64)
             self.index = HammingIndex(store.ids, store.phash, store.dhash)
@@ -345,14 +347,24 @@ class Scanner:
         if catalog_id in self._features:
             self._features.move_to_end(catalog_id)
             return self._features[catalog_id]
-        try:
-            found: Features | None = features(verify_grey(load_image(path, self.settings).rgb))
-        except ImageError:
-            found = None
+        grey = self._catalog_grey(catalog_id, path)
+        found = None if grey is None else features(grey)
         self._features[catalog_id] = found
         if len(self._features) > _FEATURE_CACHE:
             self._features.popitem(last=False)
         return found
+
+    def _catalog_grey(self, catalog_id: int, path: str) -> np.ndarray | None:
+        """The stage-3 grey image of a catalog image, decoded once for its ORB and SIFT
+        keypoints (the last few are kept); None when the file cannot be read any more."""
+        if catalog_id not in self._greys:
+            try:
+                self._greys[catalog_id] = verify_grey(load_image(path, self.settings).rgb)
+            except ImageError:
+                self._greys[catalog_id] = None
+            if len(self._greys) > _GREY_CACHE:
+                self._greys.popitem(last=False)
+        return self._greys[catalog_id]
 
     def _catalog_sift(self, catalog_id: int, path: str, factors: Sequence[int]) -> list[Features]:
         """SIFT keypoints of a catalog image as it is (factor 1) and shrunk ``factor`` times
@@ -360,10 +372,7 @@ class Scanner:
         none when the file cannot be read any more."""
         missing = [f for f in factors if (catalog_id, f) not in self._sift]
         if missing:
-            try:
-                grey: np.ndarray | None = verify_grey(load_image(path, self.settings).rgb)
-            except ImageError:
-                grey = None
+            grey = self._catalog_grey(catalog_id, path)
             for f in missing:
                 image = grey if grey is None or f == 1 else degraded(grey, f)
                 self._sift[catalog_id, f] = None if image is None else sift_features(image)
