@@ -16,6 +16,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from .workers import prepared_batches
 FAST = "fast"
 THOROUGH = "thorough"
 MODES = (FAST, THOROUGH)
+T = TypeVar("T")
 _FEATURE_CACHE = 2048  # catalog images whose keypoints a scanner keeps (about 40 kB each)
 _SIFT_CACHE = 2048  # and SIFT keypoints of catalog images, some also degraded (about 70 kB each)
 _GREY_CACHE = 8  # decoded catalog greys kept between their ORB and SIFT keypoints (256 kB each)
@@ -349,22 +351,18 @@ class Scanner:
             return self._features[catalog_id]
         grey = self._catalog_grey(catalog_id, path)
         found = None if grey is None else features(grey)
-        self._features[catalog_id] = found
-        if len(self._features) > _FEATURE_CACHE:
-            self._features.popitem(last=False)
-        return found
+        return _remember(self._features, catalog_id, found, _FEATURE_CACHE)
 
     def _catalog_grey(self, catalog_id: int, path: str) -> np.ndarray | None:
         """The stage-3 grey image of a catalog image, decoded once for its ORB and SIFT
         keypoints (the last few are kept); None when the file cannot be read any more."""
-        if catalog_id not in self._greys:
-            try:
-                self._greys[catalog_id] = verify_grey(load_image(path, self.settings).rgb)
-            except ImageError:
-                self._greys[catalog_id] = None
-            if len(self._greys) > _GREY_CACHE:
-                self._greys.popitem(last=False)
-        return self._greys[catalog_id]
+        if catalog_id in self._greys:
+            return self._greys[catalog_id]
+        try:
+            grey = verify_grey(load_image(path, self.settings).rgb)
+        except ImageError:
+            grey = None
+        return _remember(self._greys, catalog_id, grey, _GREY_CACHE)
 
     def _catalog_sift(self, catalog_id: int, path: str, factors: Sequence[int]) -> list[Features]:
         """SIFT keypoints of a catalog image as it is (factor 1) and shrunk ``factor`` times
@@ -375,15 +373,14 @@ class Scanner:
             grey = self._catalog_grey(catalog_id, path)
             for f in missing:
                 image = grey if grey is None or f == 1 else degraded(grey, f)
-                self._sift[catalog_id, f] = None if image is None else sift_features(image)
-                if len(self._sift) > _SIFT_CACHE:
-                    self._sift.popitem(last=False)
+                found = None if image is None else sift_features(image)
+                _remember(self._sift, (catalog_id, f), found, _SIFT_CACHE)
         out = []
         for f in factors:
-            found = self._sift.get((catalog_id, f))
-            if found is not None:
+            kept = self._sift.get((catalog_id, f))
+            if kept is not None:
                 self._sift.move_to_end((catalog_id, f))
-                out.append(found)
+                out.append(kept)
         return out
 
     def _blur_cosines(
@@ -414,10 +411,7 @@ class Scanner:
                 found = self.models.embed([degraded(small, f) for f in _BLUR_FACTORS])
         except ImageError:
             found = None
-        self._degraded[catalog_id] = found
-        if len(self._degraded) > _FEATURE_CACHE:
-            self._degraded.popitem(last=False)
-        return found
+        return _remember(self._degraded, catalog_id, found, _FEATURE_CACHE)
 
     def _turn(self, c: Candidate, for_cnn: bool = True) -> str:
         """How to turn the query before the CNN compares it with candidate ``c``: as its probe
@@ -486,6 +480,14 @@ class Scanner:
         have = {c.catalog_id for c in cands}
         extra = [int(self._matrix_ids[j]) for j in nearest if int(self._matrix_ids[j]) not in have]
         return cands + self.index.best_per_image(d, p.probes, extra)
+
+
+def _remember(cache: OrderedDict[Any, T], key: object, value: T, limit: int) -> T:
+    """Keep ``value`` as the most recent entry of an LRU ``cache`` of at most ``limit``."""
+    cache[key] = value
+    if len(cache) > limit:
+        cache.popitem(last=False)
+    return value
 
 
 def _dihedral(transform: str) -> str:
