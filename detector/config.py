@@ -64,8 +64,8 @@ class Settings:
     verify: bool = _setting(True, "check the best candidates with ORB keypoints and RANSAC (stage 3)")
     verify_top: int = _setting(3, "stage 3: how many of a query's best candidates are checked")
     verify_floor: float = _setting(0.2, "stage 3: candidates scoring below this before it are not checked")
-    inliers_floor: int = _setting(10, "stage 3: RANSAC inliers at or below which a pair gains nothing")
-    inliers_full: int = _setting(50, "stage 3: RANSAC inliers at which a pair gains the full stage-3 score")
+    inliers_floor: int = _setting(8, "stage 3: RANSAC inliers at or below which a pair gains nothing")
+    inliers_full: int = _setting(30, "stage 3: RANSAC inliers at which a pair gains the full stage-3 score")
     geo_weight: float = _setting(0.45, "weight of stage 3 in the score when it ran")
     sift: bool = _setting(
         True,
@@ -90,7 +90,8 @@ class Settings:
     unconfirmed_cap: float = _setting(
         0.35,
         "highest score of a pair found by the embedding alone (outside every stage-1 radius) "
-        "that stage 3 did not confirm: look-alikes are not copies without other evidence",
+        "that stage 3 did not confirm, and of a pair where ORB and SIFT both found no inlier: "
+        "look-alikes are not copies without other evidence",
     )
     # scoring
     cnn_weight: float = _setting(0.7, "weight of the CNN cosine in the score (the rest is stage 1)")

@@ -52,6 +52,11 @@ class Evidence:
         orb = self.inliers is not None and self.inliers > settings.inliers_floor
         return orb or (self.sift_inliers is not None and self.sift_inliers > settings.sift_floor)
 
+    @property
+    def refutes(self) -> bool:
+        """Whether ORB and SIFT both judged the pair and neither found a single inlier."""
+        return self.inliers == 0 and self.sift_inliers == 0
+
 
 @dataclass(frozen=True)
 class ScanResult:
@@ -132,8 +137,9 @@ def rerank(
     With ``evidence`` (stage 3 ran on this query) a candidate it did not check counts 0
     inliers, and one that only the embedding found (outside every stage-1 radius) scores at
     most ``unconfirmed_cap`` unless stage 3 found more than ``inliers_floor`` inliers (or SIFT
-    more than ``sift_floor``). ``cosines``: another cosine for some candidates (their catalog
-    image degraded like a blurred query); the higher of the two counts. ``rivals``: for some
+    more than ``sift_floor``); so does any pair where ORB and SIFT both found none.
+    ``cosines``: another cosine for some candidates (their catalog image degraded like a
+    blurred query); the higher of the two counts. ``rivals``: for some
     candidates, the query's best cosine with any other catalog image that is not the
     candidate's twin (thorough mode); the candidate's distinctness is its cosine less that."""
     matches = []
@@ -152,6 +158,8 @@ def rerank(
         value = score(c.hamming, cos, settings, geo, None if found is None else found.sift_inliers, distinct)
         if found is not None and not c.within_radius and not found.confirms(settings):
             value = min(value, settings.unconfirmed_cap)  # only the CNN says so, and it is easily fooled
+        if found is not None and found.refutes:
+            value = min(value, settings.unconfirmed_cap)  # a look-alike: not one point in common
         s = round(value, 4)  # the verdict is taken on the shown score
         if s < settings.reported_min_score:
             continue

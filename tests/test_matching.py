@@ -83,3 +83,20 @@ def test_a_pair_only_the_embedding_found_needs_stage_3_to_be_a_copy(settings):
     (confirmed,) = rerank([far], qv, vecs, entries, everything, {1: Evidence(80)})
     (no_stage_3,) = rerank([far], qv, vecs, entries, everything)
     assert min(kept.score, confirmed.score, no_stage_3.score) > settings.copy_threshold
+
+
+def test_a_pair_both_keypoint_checks_refute_is_not_a_copy(settings):
+    """Close in stage 1 and to the CNN, but ORB and SIFT both judged the pair and found not
+    one inlier: a look-alike (another frame of a series), capped under the near-duplicate
+    line. One SIFT inlier, or SIFT not asked, leaves the score as it was."""
+    from detector.matching import Evidence
+
+    q = np.array([1, 0, 0, 0], np.float32)
+    vecs, entries, qv = {1: q.copy()}, {1: _entry(1)}, {1: q}
+    everything = settings.replace(min_score=0.0)
+    near = Candidate(1, 4, 4, within_radius=True)
+    (refuted,) = rerank([near], qv, vecs, entries, everything, {1: Evidence(0, sift_inliers=0)})
+    assert refuted.score == settings.unconfirmed_cap and refuted.verdict == "none"
+    for evidence in (Evidence(0, sift_inliers=1), Evidence(0), Evidence(None, sift_inliers=0)):
+        (kept,) = rerank([near], qv, vecs, entries, everything, {1: evidence})
+        assert kept.score > settings.unconfirmed_cap, evidence
