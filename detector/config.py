@@ -93,6 +93,15 @@ class Settings:
         "that stage 3 did not confirm, and of a pair where ORB and SIFT both found no inlier: "
         "look-alikes are not copies without other evidence",
     )
+    smooth_distinct: float = _setting(
+        0.1,
+        "thorough mode: a pair too smooth for stage 3 to judge scores at most unconfirmed_cap "
+        "unless its cosine stands this far above the query's best with another catalog image "
+        "or reaches smooth_cosine",
+    )
+    smooth_cosine: float = _setting(
+        0.8, "thorough mode: cosine at which a pair too smooth to judge need not stand out (smooth_distinct)"
+    )
     # scoring
     cnn_weight: float = _setting(0.7, "weight of the CNN cosine in the score (the rest is stage 1)")
     cosine_floor: float = _setting(0.5, "cosine mapped to a CNN score of 0")

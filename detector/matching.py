@@ -92,7 +92,9 @@ def score(
     ``cosine_floor``, 1 at cosine 1); when stage 3 ran (``inliers`` not None), that mean
     weighs ``1 - geo_weight`` and the stage-3 evidence (0 at ``inliers_floor`` RANSAC
     inliers, 1 at ``inliers_full``; or SIFT's, 0 at ``sift_floor`` and 1 at ``sift_full``,
-    whichever says more) the rest. A pair stage 3 did not reach counts 0 inliers. With
+    whichever says more) the rest. A pair stage 3 did not reach counts 0 inliers. Where stage
+    3 confirms the pair (more inliers than its floor), its part is at least that mean: a few
+    inliers on a blurred or shrunk copy are still evidence for it, never against. With
     ``distinct`` (the pair's cosine less the query's best cosine with another catalog image;
     thorough mode) ``distinct_weight`` times it is added, within [0, 1]."""
     s1 = min(max(1.0 - hamming / settings.hamming_ceiling, 0.0), 1.0)
@@ -105,6 +107,11 @@ def score(
         if sift_inliers is not None:
             span = max(settings.sift_full - settings.sift_floor, 1)
             s3 = max(s3, min(max((sift_inliers - settings.sift_floor) / span, 0.0), 1.0))
+        confirmed = inliers > settings.inliers_floor or (
+            sift_inliers is not None and sift_inliers > settings.sift_floor
+        )
+        if confirmed:  # evidence for the pair, however weak, does not lower its score
+            s3 = max(s3, value)
         value = (1.0 - settings.geo_weight) * value + settings.geo_weight * s3
     if distinct is not None:
         value = min(max(value + settings.distinct_weight * distinct, 0.0), 1.0)
@@ -137,7 +144,9 @@ def rerank(
     With ``evidence`` (stage 3 ran on this query) a candidate it did not check counts 0
     inliers, and one that only the embedding found (outside every stage-1 radius) scores at
     most ``unconfirmed_cap`` unless stage 3 found more than ``inliers_floor`` inliers (or SIFT
-    more than ``sift_floor``); so does any pair where ORB and SIFT both found none.
+    more than ``sift_floor``); so does any pair where ORB and SIFT both found none, and one
+    too smooth for stage 3 to judge whose cosine is under ``smooth_cosine`` and does not
+    stand ``smooth_distinct`` above its rival (smooth blobs look alike to pHash and the CNN).
     ``cosines``: another cosine for some candidates (their catalog image degraded like a
     blurred query); the higher of the two counts. ``rivals``: for some
     candidates, the query's best cosine with any other catalog image that is not the
@@ -160,6 +169,10 @@ def rerank(
             value = min(value, settings.unconfirmed_cap)  # only the CNN says so, and it is easily fooled
         if found is not None and found.refutes:
             value = min(value, settings.unconfirmed_cap)  # a look-alike: not one point in common
+        smooth = found is not None and found.inliers is None
+        alike = distinct is not None and distinct < settings.smooth_distinct and cos < settings.smooth_cosine
+        if smooth and alike:
+            value = min(value, settings.unconfirmed_cap)  # too smooth to judge, and not singled out
         s = round(value, 4)  # the verdict is taken on the shown score
         if s < settings.reported_min_score:
             continue

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from detector.config import Settings, settings_table
 from detector.index import Candidate
-from detector.matching import rerank, score, verdict
+from detector.matching import Match, rerank, score, verdict
 from detector.store import CatalogEntry
 
 
@@ -100,3 +101,47 @@ def test_a_pair_both_keypoint_checks_refute_is_not_a_copy(settings):
     for evidence in (Evidence(0, sift_inliers=1), Evidence(0), Evidence(None, sift_inliers=0)):
         (kept,) = rerank([near], qv, vecs, entries, everything, {1: evidence})
         assert kept.score > settings.unconfirmed_cap, evidence
+
+
+def test_stage_3_that_confirms_a_pair_never_lowers_its_score(settings):
+    """A blurred copy keeps a few inliers, more than chance: stage 3 then lifts the score or
+    leaves it, where before it pulled a strong stage-1 match down. At or under the floor it
+    still weighs against the pair; many inliers lift it."""
+    base = score(2, 0.65, settings)
+    floor = settings.inliers_floor
+    assert score(2, 0.65, settings, floor + 1) == pytest.approx(base)
+    assert score(2, 0.65, settings, 0, sift_inliers=settings.sift_floor + 1) == pytest.approx(base)
+    assert score(2, 0.65, settings, floor) < base
+    assert score(2, 0.65, settings, 0, sift_inliers=settings.sift_floor) < base
+    assert score(2, 0.65, settings, settings.inliers_full) > base
+    few, many = (score(30, 0.6, settings, n) for n in (floor + 6, settings.inliers_full))
+    assert score(30, 0.6, settings) < few < many  # a weak pair gains from more evidence
+
+
+def test_a_pair_too_smooth_to_judge_must_stand_out_from_its_rivals(settings):
+    """Stage 3 abstained (too few keypoints): a smooth blob that the CNN finds only fairly
+    close (cosine 0.75), barely above the best other catalog image, is capped under the
+    near-duplicate line; one that stands ``smooth_distinct`` above it, that the CNN is sure
+    of (cosine 0.85), or with no rival measured (fast mode) is not."""
+    from detector.matching import Evidence
+
+    q = np.array([1, 0, 0, 0], np.float32)
+    entries = {1: _entry(1)}
+    everything = settings.replace(min_score=0.0)
+    near = Candidate(1, 2, 2, within_radius=True)
+    smooth = {1: Evidence(None)}
+
+    def scored(cos: float, evidence: dict, rivals: dict | None) -> Match:
+        vecs = {1: np.array([cos, np.sqrt(1 - cos * cos), 0, 0], np.float32)}
+        (m,) = rerank([near], {1: q}, vecs, entries, everything, evidence, rivals=rivals)
+        return m
+
+    alike = scored(0.75, smooth, {1: 0.7})
+    assert alike.score == settings.unconfirmed_cap and alike.verdict == "none"
+    kept = [
+        scored(0.75, smooth, {1: 0.75 - settings.smooth_distinct - 0.01}),  # stands out
+        scored(0.85, smooth, {1: 0.84}),  # the CNN is sure
+        scored(0.75, smooth, None),  # fast mode
+        scored(0.75, {1: Evidence(40)}, {1: 0.7}),  # stage 3 judged it
+    ]
+    assert all(m.score > settings.copy_threshold for m in kept), kept
