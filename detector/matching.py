@@ -118,6 +118,22 @@ def score(
     return value
 
 
+def _look_alike(
+    c: Candidate, found: Evidence, cos: float, distinct: float | None, settings: Settings
+) -> bool:
+    """Whether stage 3's word leaves a pair no better than a look-alike, whatever stages 1
+    and 2 say: only the embedding found it and stage 3 did not confirm it (the CNN alone is
+    easily fooled); ORB and SIFT both found not one point in common; or it is too smooth for
+    stage 3 to judge and the CNN neither is sure of it nor singles it out from the query's
+    other catalog neighbours (smooth blobs look alike to pHash and to the CNN)."""
+    if not c.within_radius and not found.confirms(settings):
+        return True
+    if found.refutes:
+        return True
+    alike = distinct is not None and distinct < settings.smooth_distinct and cos < settings.smooth_cosine
+    return found.inliers is None and alike
+
+
 def verdict(value: float, settings: Settings) -> str:
     """'copy', 'near-duplicate' or 'none' for a score, from the configured thresholds."""
     if value >= settings.copy_threshold:
@@ -165,14 +181,8 @@ def rerank(
         rival = None if rivals is None else rivals.get(c.catalog_id)
         distinct = None if rival is None else cos - rival
         value = score(c.hamming, cos, settings, geo, None if found is None else found.sift_inliers, distinct)
-        if found is not None and not c.within_radius and not found.confirms(settings):
-            value = min(value, settings.unconfirmed_cap)  # only the CNN says so, and it is easily fooled
-        if found is not None and found.refutes:
-            value = min(value, settings.unconfirmed_cap)  # a look-alike: not one point in common
-        smooth = found is not None and found.inliers is None
-        alike = distinct is not None and distinct < settings.smooth_distinct and cos < settings.smooth_cosine
-        if smooth and alike:
-            value = min(value, settings.unconfirmed_cap)  # too smooth to judge, and not singled out
+        if found is not None and _look_alike(c, found, cos, distinct, settings):
+            value = min(value, settings.unconfirmed_cap)
         s = round(value, 4)  # the verdict is taken on the shown score
         if s < settings.reported_min_score:
             continue
