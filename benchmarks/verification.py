@@ -10,7 +10,7 @@ against another corpus image. Timed on one thread, per pair:
   by a scanner, so a pair costs the query's once and the match below per candidate);
 - ``match + RANSAC``: matching descriptors, the ratio test and the model fit.
 Also printed: how well the inlier count separates copies from other pictures (the share of
-copies and of unrelated pairs above the score's floor of 10 inliers).
+copies and of unrelated pairs above the score's floor, ``Settings().inliers_floor`` inliers).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from detector.config import Settings
 from detector.imaging import load_image
 from detector.verification import Features, features, verify, verify_grey
 
-FLOOR = 10  # Settings().inliers_floor
+FLOOR = Settings().inliers_floor  # the score gains nothing at or below it
 T = TypeVar("T")
 Sift = tuple[np.ndarray, np.ndarray | None]
 
@@ -113,9 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind in ("copy", "other"):
         o = np.array(inliers["ours", kind])
         p = np.array(inliers["peer", kind])
-        print(
-            f"{kind + ' pairs with > 10 inliers':34}{np.mean(o > FLOOR):>22.3f}{np.mean(p > FLOOR):>27.3f}"
-        )
+        label = f"{kind} pairs with > {FLOOR} inliers"
+        print(f"{label:34}{np.mean(o > FLOOR):>22.3f}{np.mean(p > FLOOR):>27.3f}")
         print(f"{kind + ' pairs, median inliers':34}{np.median(o):>22.0f}{np.median(p):>27.0f}")
     return 0
 
