@@ -73,6 +73,11 @@ class Settings:
         "inliers (far fewer chance inliers on texture; 25 to 75 ms more per query, most of it "
         "the catalog side)",
     )
+    inverted_cosine: float = _setting(
+        0.8,
+        "thorough mode: a candidate at this cosine or above that ORB does not confirm is also "
+        "matched with the query's grey image inverted (colour-inverted copies); above 1: never",
+    )
     sift_top: int = _setting(
         1, "stage 3: how many of the checked candidates SIFT also checks (the best first)"
     )

@@ -300,7 +300,9 @@ class Scanner:
         too smooth to judge). None as a whole when no catalog image could be read (stage 3
         then has no say and the score is stages 1 and 2 alone). A ``blurred`` query's SIFT
         keypoints also meet those of the catalog image shrunk 2 and 3 times and enlarged
-        back (like with like; the most inliers count)."""
+        back (like with like; the most inliers count). In thorough mode a candidate the CNN
+        finds close (``inverted_cosine``) but ORB does not confirm is also matched with the
+        query's grey image inverted (a colour-inverted copy); the more inliers count."""
         s = self.settings
         chosen = [m for m in ranked[: s.verify_top] if m.score >= s.verify_floor]
         if p.grey is None:
@@ -308,6 +310,7 @@ class Scanner:
         out: dict[int, Evidence] = {}
         query_features: dict[str, Features] = {}
         query_sift: dict[str, Features] = {}
+        query_inverted: dict[str, Features] = {}
         for rank, m in enumerate(chosen):
             path = entries[m.catalog_id].path
             catalog = self._catalog_features(m.catalog_id, path)
@@ -320,6 +323,13 @@ class Scanner:
             if not orb.conclusive:
                 out[m.catalog_id] = Evidence(None)
                 continue
+            if self.mode == THOROUGH and orb.inliers <= s.inliers_floor and m.cosine >= s.inverted_cosine:
+                # a colour-inverted copy: its keypoints match the original's only once inverted back
+                if turn not in query_inverted:
+                    query_inverted[turn] = features(255 - dihedral_image(p.grey, turn))
+                inverted = verify(query_inverted[turn], catalog)
+                if inverted.conclusive and inverted.inliers > orb.inliers:
+                    orb = inverted
             sift = None  # SIFT's word where ORB's is not full (thorough mode)
             if self.mode == THOROUGH and s.sift and rank < s.sift_top and orb.inliers < s.inliers_full:
                 factors = (1, *_BLUR_FACTORS) if blurred else (1,)

@@ -131,3 +131,21 @@ def test_a_copy_that_stands_out_scores_higher_and_a_twin_does_not_hide_it(thumbs
     hidden = {m.catalog_path: m.score for m in unaware.matches}
     for m in pair:  # each copy would hide the other
         assert hidden[m.catalog_path] < m.score - 0.05, m.catalog_path
+
+
+def test_a_colour_inverted_copy_is_confirmed_by_its_inverted_keypoints(thumbs, models, tmp_path):
+    """Inverting colours leaves ORB and SIFT no more than chance matches with the original,
+    so without the inverted pass the pair is capped as a look-alike; thorough mode matches
+    the query's inverted grey image too and finds the copy."""
+    store, _, _ = thumbs
+    s = models.settings
+    catalog = sorted((Path(__file__).parent.parent / "fixtures" / "catalog").iterdir())
+    inverted = tmp_path / "inverted.jpg"
+    Image.fromarray(255 - np.asarray(Image.open(catalog[1]).convert("RGB"))).save(inverted, quality=90)
+    found = _top(store, models, s, THOROUGH, inverted)
+    assert Path(found.catalog_path).name == catalog[1].name
+    assert found.inliers > s.inliers_floor and found.verdict == "copy"
+    unaware = Scanner(store, models, s.replace(min_score=0.0, inverted_cosine=1.01), mode=THOROUGH)
+    (blind,) = unaware.scan([str(inverted)])
+    same = [m for m in blind.matches if m.catalog_path == found.catalog_path]
+    assert not same or (same[0].inliers <= s.inliers_floor and same[0].score <= s.unconfirmed_cap)
