@@ -107,10 +107,7 @@ def score(
         if sift_inliers is not None:
             span = max(settings.sift_full - settings.sift_floor, 1)
             s3 = max(s3, min(max((sift_inliers - settings.sift_floor) / span, 0.0), 1.0))
-        confirmed = inliers > settings.inliers_floor or (
-            sift_inliers is not None and sift_inliers > settings.sift_floor
-        )
-        if confirmed:  # evidence for the pair, however weak, does not lower its score
+        if Evidence(inliers, sift_inliers=sift_inliers).confirms(settings):  # weak evidence is still for it
             s3 = max(s3, value)
         value = (1.0 - settings.geo_weight) * value + settings.geo_weight * s3
     if distinct is not None:
@@ -158,15 +155,12 @@ def rerank(
     candidate's stored descriptor; keep those at or above the reported minimum score, best
     first, at most ``top_k``. Candidates whose catalog entry vanished meanwhile are dropped.
     With ``evidence`` (stage 3 ran on this query) a candidate it did not check counts 0
-    inliers, and one that only the embedding found (outside every stage-1 radius) scores at
-    most ``unconfirmed_cap`` unless stage 3 found more than ``inliers_floor`` inliers (or SIFT
-    more than ``sift_floor``); so does any pair where ORB and SIFT both found none, and one
-    too smooth for stage 3 to judge whose cosine is under ``smooth_cosine`` and does not
-    stand ``smooth_distinct`` above its rival (smooth blobs look alike to pHash and the CNN).
-    ``cosines``: another cosine for some candidates (their catalog image degraded like a
-    blurred query); the higher of the two counts. ``rivals``: for some
-    candidates, the query's best cosine with any other catalog image that is not the
-    candidate's twin (thorough mode); the candidate's distinctness is its cosine less that."""
+    inliers, and a pair stage 3 leaves no better than a look-alike (see :func:`_look_alike`)
+    scores at most ``unconfirmed_cap``. ``cosines``: another cosine for some candidates
+    (their catalog image degraded like a blurred query); the higher of the two counts.
+    ``rivals``: for some candidates, the query's best cosine with any other catalog image
+    that is not the candidate's twin (thorough mode); the candidate's distinctness is its
+    cosine less that."""
     matches = []
     for c in candidates:
         vec = catalog_vecs.get(c.catalog_id)
