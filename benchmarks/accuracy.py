@@ -30,11 +30,14 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from detector.attacks import FAMILIES
-from detector.cataloging import add_to_catalog
 from detector.config import Settings, parse_setting
-from detector.embedding import embedder_id, resize_for_cnn
-from detector.evaluation import (
+from detector.intake.prepare import Models
+from detector.stage1.hashing import HASHER_ID
+from detector.stage2.embedding import embedder_id, resize_for_cnn
+from detector.storage.store import Store
+from detector.tasks.attacks import FAMILIES
+from detector.tasks.cataloging import add_to_catalog
+from detector.tasks.evaluation import (
     EvalQuery,
     Evaluation,
     build_queries,
@@ -42,9 +45,6 @@ from detector.evaluation import (
     micro_average_precision,
     recall_at_precision,
 )
-from detector.hashing import HASHER_ID
-from detector.pipeline import Models
-from detector.store import Store
 
 
 def _peer_figures(

@@ -49,10 +49,10 @@ from throughput import (
     scan_quality,
 )
 
-from detector.embedding import EMBEDDING_DIM, embedder_id, to_blob
-from detector.hashing import HASHER_ID
-from detector.index import HammingIndex
-from detector.store import NewCatalogImage, Store
+from detector.stage1.hashing import HASHER_ID
+from detector.stage1.index import HammingIndex
+from detector.stage2.embedding import EMBEDDING_DIM, embedder_id, to_blob
+from detector.storage.store import NewCatalogImage, Store
 
 PAD_SEED = 77
 PAD_CHUNK = 20_000

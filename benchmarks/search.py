@@ -6,7 +6,7 @@ For each catalog size, random 64-bit codes with planted near-duplicates (every q
 probe lies 0..16 bits from some catalog code), searched by Hamming radius with 1 and 16
 probes per query (16: the scanner's 8 dihedral variants x whole image and content box), by:
 
-- ours: :class:`detector.mih.MultiIndexHash` (default chunks; ``+copy``: ``copy_codes=True``);
+- ours: :class:`detector.stage1.mih.MultiIndexHash` (default chunks; ``+copy``: ``copy_codes=True``);
 - numpy brute force: ``np.flatnonzero(np.bitwise_count(codes ^ q) <= r)`` per probe;
 - faiss ``IndexBinaryFlat.range_search`` and, as a second peer, faiss's own multi-index
   hashing ``IndexBinaryMultiHash`` (same number of tables, nflip = r // tables), one thread;
@@ -30,9 +30,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from detector.hashing import Probe
-from detector.index import HammingIndex
-from detector.mih import MultiIndexHash
+from detector.stage1.hashing import Probe
+from detector.stage1.index import HammingIndex
+from detector.stage1.mih import MultiIndexHash
 
 try:
     import faiss

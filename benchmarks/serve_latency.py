@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from detector.config import Settings
-from detector.embedding import EMBEDDING_DIM, embedder_id, to_blob
-from detector.hashing import HASHER_ID, to_sqlite
-from detector.store import NewCatalogImage, Store
+from detector.stage1.hashing import HASHER_ID, to_sqlite
+from detector.stage2.embedding import EMBEDDING_DIM, embedder_id, to_blob
+from detector.storage.store import NewCatalogImage, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).parent / "copyscan"

@@ -7,9 +7,9 @@ colour shifts and a little noise, upscaled to the sizes below), holds their byte
 and measures, in images per second on one core (OpenCV limited to one thread; Pillow and
 imagehash are single-threaded):
 
-1. decode + pHash + dHash: ``detector.imaging.decode`` + ``detector.hashing.image_codes``
+1. decode + pHash + dHash: ``detector.intake.loader.decode`` + ``detector.stage1.hashing.image_codes``
    against ``PIL.Image.open`` + ``imagehash.phash`` + ``imagehash.dhash`` on the full decode;
-2. the whole front of the pipeline, ``detector.pipeline.prepare_bytes`` (one decode, every
+2. the whole front of the pipeline, ``detector.intake.prepare.prepare_bytes`` (one decode, every
    stage-1 probe, the content box, the CNN input and stage 3's grey image), with the default
    settings against the same with ``decode_side=0`` (full decode).
 
@@ -37,8 +37,8 @@ from PIL import Image
 from throughput import _cpu_seconds, _others_share, best_rates, hash_ours, hash_peer, load_sources, make_image
 
 from detector.config import Settings
-from detector.imaging import decode
-from detector.pipeline import prepare_bytes
+from detector.intake.loader import decode
+from detector.intake.prepare import prepare_bytes
 
 SEED = 20_000
 

@@ -6,9 +6,9 @@ Builds N "catalog" JPEGs (~PX x PX, quality 90) and N "crawl" JPEGs (half attack
 catalog images, half unrelated) from scikit-image's bundled sample images and seeded numpy
 transforms, then measures, in images per second:
 
-1. decode + pHash + dHash of in-memory JPEG bytes: ``detector.imaging.decode`` +
-   ``detector.hashing.image_codes`` against PIL.Image.open + imagehash.phash + imagehash.dhash;
-2. CNN embedding at 224x224, batch 32: ``detector.embedding.Embedder.embed`` against
+1. decode + pHash + dHash of in-memory JPEG bytes: ``detector.intake.loader.decode`` +
+   ``detector.stage1.hashing.image_codes`` against PIL.Image.open + imagehash.phash + imagehash.dhash;
+2. CNN embedding at 224x224, batch 32: ``detector.stage2.embedding.Embedder.embed`` against
    torchvision's efficientnet_b0 (random weights; the speed does not depend on them);
 3. ``copyscan catalog add`` as a subprocess, and
 4. ``copyscan scan`` (fast and thorough) as subprocesses, both against an in-process
@@ -46,9 +46,9 @@ import torchvision
 from PIL import Image, ImageEnhance
 
 from detector.config import Settings
-from detector.embedding import Embedder, resize_for_cnn
-from detector.hashing import image_codes
-from detector.imaging import decode
+from detector.intake.loader import decode
+from detector.stage1.hashing import image_codes
+from detector.stage2.embedding import Embedder, resize_for_cnn
 
 SOURCES = (
     "astronaut",

@@ -26,10 +26,10 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
-from detector.attacks import FAMILIES, attack
 from detector.config import Settings
-from detector.imaging import load_image
-from detector.verification import Features, features, verify, verify_grey
+from detector.intake.loader import load_image
+from detector.stage3.keypoints import Features, features, verify, verify_grey
+from detector.tasks.attacks import FAMILIES, attack
 
 FLOOR = Settings().inliers_floor  # the score gains nothing at or below it
 T = TypeVar("T")

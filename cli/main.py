@@ -47,9 +47,9 @@ class App:
     def open_store(self, create: bool = False, rehashing: bool = False) -> Any:
         """Open the database; settings it stores (calibrated thresholds) become this run's
         defaults, under any --set. ``rehashing``: a database of another hasher is accepted."""
-        from detector.embedding import embedder_id
-        from detector.hashing import HASHER_ID
-        from detector.store import Store
+        from detector.stage1.hashing import HASHER_ID
+        from detector.stage2.embedding import embedder_id
+        from detector.storage.store import Store
 
         store = Store.open(
             self.db, hasher=HASHER_ID, embedder=embedder_id(self.settings), create=create, rehashing=rehashing
@@ -68,7 +68,7 @@ class App:
     @property
     def models(self) -> Any:
         if self._models is None:
-            from detector.pipeline import Models
+            from detector.intake.prepare import Models
 
             self._models = Models(self.settings)
         return self._models
@@ -142,7 +142,7 @@ wait_option = click.option(
 @contextmanager
 def _locked(app: App, command: str, wait: float) -> Iterator[None]:
     """Hold the database's writer lock; another run holding it exits with status 3."""
-    from detector.locking import DatabaseLock, Locked
+    from detector.storage.locking import DatabaseLock, Locked
 
     try:
         with DatabaseLock(app.db, command, wait):
@@ -224,8 +224,8 @@ def catalog_add(app: App, paths: tuple[str, ...], owner: str | None, wait: float
     Content already in the catalog is skipped, so a killed run can simply be rerun.
     Unusable images are reported on stderr; the run goes on.
     """
-    from detector.cataloging import add_to_catalog
-    from detector.sources import expand_sources
+    from detector.intake.sources import expand_sources
+    from detector.tasks.cataloging import add_to_catalog
 
     started = time.perf_counter()
     counts: Counter[str] = Counter()
@@ -257,8 +257,8 @@ def catalog_rehash(app: App, drop_missing: bool, wait: float) -> None:
     history are kept; a killed run goes on where it stopped. The catalog switches to the new
     codes only when every image has them: images whose file is gone or changed are listed,
     and kept with the old hasher unless --drop-missing."""
-    from detector.hashing import HASHER_ID
-    from detector.rehashing import rehash_catalog
+    from detector.stage1.hashing import HASHER_ID
+    from detector.tasks.rehashing import rehash_catalog
 
     started = time.perf_counter()
     with _errors_to_click(), _locked(app, "catalog rehash", wait), app.open_store(rehashing=True) as store:
@@ -360,7 +360,7 @@ class _Writer:
     """Writes scan results in one format to one stream."""
 
     def __init__(self, fmt: str, out: IO[str]) -> None:
-        from detector import report
+        from detector.outputs import records as report
 
         self.fmt = fmt
         self.out = out
@@ -489,9 +489,9 @@ def scan(
     3 another run holds the database; 130 / 143 stopped by SIGINT / SIGTERM (the run is
     recorded as interrupted: --resume goes on with it).
     """
-    from detector import report
-    from detector.scanning import Scanner
-    from detector.sources import expand_sources
+    from detector.intake.sources import expand_sources
+    from detector.outputs import records as report
+    from detector.scan.scanner import Scanner
 
     if resume is None and not paths:
         raise click.UsageError("name images, folders or list files to scan, or --resume [RUN]")
@@ -642,7 +642,7 @@ def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | 
     Exit status: 0 a copy or near-duplicate was found, 1 no match, 2 the image or the
     database could not be used (like grep).
     """
-    from detector.scanning import Scanner
+    from detector.scan.scanner import Scanner
 
     try:
         with app.open_store() as store:
@@ -664,8 +664,8 @@ def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | 
 @click.pass_obj
 def dedupe(app: App, paths: tuple[str, ...], fmt: str) -> None:
     """Find groups of duplicate images inside one collection (no catalog needed)."""
-    from detector.dedupe import find_duplicates
-    from detector.sources import expand_sources
+    from detector.intake.sources import expand_sources
+    from detector.tasks.dedupe import find_duplicates
 
     files = expand_sources(paths)
     with _errors_to_click(), app.progress(len(files), "reading") as bar:
@@ -748,14 +748,14 @@ def report_command(
     catalog image its copies side by side, the matched region outlined, sortable and
     filterable. --csv and --json for machines. '-' writes CSV or JSON to stdout.
     """
-    from detector import report as records
+    from detector.outputs import records
 
     if not (html_dir or csv_path or json_path):
         raise click.UsageError("name at least one of --html DIR, --csv FILE, --json FILE")
     with _errors_to_click(), app.open_store() as store:
         found = store.load_report(run, new_only=new_only)
     if html_dir:
-        from detector.report_html import write_html
+        from detector.outputs.html import write_html
 
         with _errors_to_click():
             index = write_html(found, Path(html_dir), app.settings)
@@ -800,9 +800,9 @@ def serve(app: App, host: str, port: int, max_upload_mb: float) -> None:
     """
     import uvicorn
 
-    from detector.embedding import embedder_id
-    from detector.hashing import HASHER_ID
-    from detector.service import Engine, create_app
+    from detector.server.service import Engine, create_app
+    from detector.stage1.hashing import HASHER_ID
+    from detector.stage2.embedding import embedder_id
 
     with _errors_to_click(), app.open_store(create=True):
         pass  # creates or upgrades the database and applies its stored settings
@@ -904,9 +904,9 @@ def evaluate(
     from dataclasses import asdict
     from pathlib import Path
 
-    from detector import evaluation as ev
-    from detector.attacks import FAMILIES
-    from detector.sources import expand_sources
+    from detector.intake.sources import expand_sources
+    from detector.tasks import evaluation as ev
+    from detector.tasks.attacks import FAMILIES
 
     chosen = tuple(f.strip() for f in families.split(",")) if families else FAMILIES
     unknown = sorted(set(chosen) - set(FAMILIES))

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .errors import DistributedError
-from .imaging import content_hash
-from .matching import ScanResult
-from .pipeline import Models, Prepared, batched, prepare_batch, prepare_bytes
-from .report import match_record
-from .scanning import CatalogSnapshot, Scanner
-from .sources import expand_sources
+from detector.config import Settings
+from detector.errors import DistributedError
+from detector.intake.loader import content_hash
+from detector.intake.prepare import Models, Prepared, batched, prepare_batch, prepare_bytes
+from detector.intake.sources import expand_sources
+from detector.outputs.records import match_record
+from detector.scan.scanner import CatalogSnapshot, Scanner
+from detector.scoring import ScanResult
 
 PARQUET_SUFFIX = ".parquet"
 FILE_ROW = -1  # the row of an item that is a file, not a Parquet row
@@ -56,7 +56,7 @@ def require(module: str) -> Any:
 def crawl_items(paths: Iterable[str], skip: frozenset[str] = frozenset()) -> list[Item]:
     """Every item the named sources hold, in order: Parquet shards (a ``.parquet`` file, or
     every ``.parquet`` file of a folder, sorted) row by row; anything else as ``scan`` expands
-    it (:func:`detector.sources.expand_sources`). Items whose query path is in ``skip`` (those
+    it (:func:`detector.intake.sources.expand_sources`). Items whose query path is in ``skip`` (those
     a resumed run recorded) are left out."""
     pq = require("pyarrow.parquet")
 

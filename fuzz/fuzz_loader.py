@@ -1,9 +1,9 @@
 """Fuzz target for the safe loader and the front of the pipeline.
 
-The property checked for any bytes: :func:`detector.imaging.decode` either returns an
+The property checked for any bytes: :func:`detector.intake.loader.decode` either returns an
 (h, w, 3) uint8 RGB image within the configured limits or raises an
 :class:`detector.errors.ImageError` subclass, and an image it returns always goes through
-hashing, trimming, stage-3 greyscale and the CNN resize (:func:`detector.pipeline.prepare_bytes`)
+hashing, trimming, stage-3 greyscale and the CNN resize (:func:`detector.intake.prepare.prepare_bytes`)
 without raising. Anything else is a crash.
 
 With atheris (``pip install -e '.[fuzz]'``), coverage-guided, for a fixed time::
@@ -55,16 +55,16 @@ if atheris is not None and __name__ == "__main__":
 
         from detector.config import Settings
         from detector.errors import ImageError
-        from detector.imaging import content_hash, decode
-        from detector.pipeline import prepare_bytes
+        from detector.intake.loader import content_hash, decode
+        from detector.intake.prepare import prepare_bytes
 else:
     import numpy as np
     from PIL import Image
 
     from detector.config import Settings
     from detector.errors import ImageError
-    from detector.imaging import content_hash, decode
-    from detector.pipeline import prepare_bytes
+    from detector.intake.loader import content_hash, decode
+    from detector.intake.prepare import prepare_bytes
 
 # Small limits keep each input cheap; the limits themselves are part of what is checked.
 SETTINGS = Settings().replace(max_pixels=1_000_000, max_file_bytes=2_000_000)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector import attacks
-from detector.attacks import FAMILIES, GEOMETRIC, PHOTOMETRIC, Attacked, attack
+from detector.tasks import attacks
+from detector.tasks.attacks import FAMILIES, GEOMETRIC, PHOTOMETRIC, Attacked, attack
 
 SIZES = [(64, 80), (900, 600), (97, 300), (300, 97)]  # (h, w): small, large, wide, tall
 

@@ -22,11 +22,11 @@ import skimage.data
 from PIL import Image
 
 from detector.config import Settings
-from detector.embedding import resize_for_cnn
 from detector.errors import CorruptImage
-from detector.hashing import hamming, image_codes
-from detector.imaging import decode, load_image, shrink_factor
-from detector.pipeline import prepare_bytes
+from detector.intake.loader import decode, load_image, shrink_factor
+from detector.intake.prepare import prepare_bytes
+from detector.stage1.hashing import hamming, image_codes
+from detector.stage2.embedding import resize_for_cnn
 
 SETTINGS = Settings()
 FULL = SETTINGS.replace(decode_side=0)

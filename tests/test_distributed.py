@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from detector.embedding import embedder_id
-from detector.hashing import HASHER_ID
-from detector.pipeline import prepare_batch
-from detector.scanning import THOROUGH, CatalogSnapshot, Scanner
-from detector.store import Store
+from detector.intake.prepare import prepare_batch
+from detector.scan.scanner import THOROUGH, CatalogSnapshot, Scanner
+from detector.stage1.hashing import HASHER_ID
+from detector.stage2.embedding import embedder_id
+from detector.storage.store import Store
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own settings
 

@@ -10,7 +10,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from detector.embedding import EMBEDDING_DIM, from_blobs, to_blob
+from detector.stage2.embedding import EMBEDDING_DIM, from_blobs, to_blob
 
 from .conftest import textured
 
@@ -55,7 +55,8 @@ def test_float16_blob_round_trip(models):
 
 def test_importing_detector_does_not_import_torch():
     code = (
-        "import sys, detector, detector.scanning, detector.cataloging, detector.dedupe, cli.main;"
+        "import sys, detector, detector.scan.scanner, detector.tasks.cataloging, detector.tasks.dedupe,"
+        " cli.main;"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -63,8 +64,8 @@ def test_importing_detector_does_not_import_torch():
 
 
 def test_the_model_loads_once_per_models_holder(settings, monkeypatch):
-    from detector import embedding
-    from detector.pipeline import Models
+    from detector.intake.prepare import Models
+    from detector.stage2 import embedding
 
     built = []
     real = embedding.Embedder
@@ -80,7 +81,7 @@ def test_the_model_loads_once_per_models_holder(settings, monkeypatch):
 
 
 def test_bfloat16_descriptors_stay_close_to_float32(models, settings):
-    from detector.embedding import Embedder, native_bf16
+    from detector.stage2.embedding import Embedder, native_bf16
 
     assert models.embedder.bf16 == native_bf16()  # on by default where the CPU has it
     fp32 = Embedder(settings.replace(cnn_bf16=False))

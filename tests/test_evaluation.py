@@ -11,17 +11,17 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from detector.embedding import embedder_id
-from detector.evaluation import (
+from detector.scan.scanner import Scanner
+from detector.stage1.hashing import HASHER_ID
+from detector.stage2.embedding import embedder_id
+from detector.storage.store import Store
+from detector.tasks.evaluation import (
     build_queries,
     calibrate,
     micro_average_precision,
     precision_recall,
     recall_at_precision,
 )
-from detector.hashing import HASHER_ID
-from detector.scanning import Scanner
-from detector.store import Store
 
 SCORES = np.array([0.9, 0.8, 0.8, 0.5])
 CORRECT = np.array([True, False, True, False])

@@ -9,8 +9,8 @@ import pytest
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 
-from detector.framing import Box, content_box
-from detector.hashing import hamming, image_codes
+from detector.intake.framing import Box, content_box
+from detector.stage1.hashing import hamming, image_codes
 
 from .conftest import textured
 

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from detector.imaging import content_hash, decode
+from detector.intake.loader import content_hash, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "fuzz" / "fuzz_loader.py"

@@ -11,7 +11,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from detector.hashing import (
+from detector.intake.loader import load_image
+from detector.stage1.hashing import (
     DIHEDRAL,
     WORK_SIDE,
     Codes,
@@ -24,7 +25,6 @@ from detector.hashing import (
     undo_dihedral_points,
     unpack_bits,
 )
-from detector.imaging import load_image
 
 from .conftest import FIXTURES, textured
 
@@ -112,7 +112,7 @@ def test_resize_and_reencode_stay_close_while_other_images_are_far():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_dihedral_probes_match_hashing_the_turned_image(seed):
-    from detector.hashing import DIHEDRAL, dihedral_image, dihedral_probes
+    from detector.stage1.hashing import DIHEDRAL, dihedral_image, dihedral_probes
 
     rgb = textured(seed, (97, 64)) if seed % 2 else skimage.data.astronaut()[::3, ::2]
     grey = Image.fromarray(np.ascontiguousarray(rgb)).convert("L")
@@ -129,7 +129,7 @@ def test_dihedral_probes_match_hashing_the_turned_image(seed):
 
 
 def test_dihedral_names_are_numpy_rotations():
-    from detector.hashing import dihedral_image
+    from detector.stage1.hashing import dihedral_image
 
     a = np.arange(12).reshape(3, 4)
     assert (dihedral_image(a, "rot90") == np.rot90(a, 1)).all()

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import EXIT_LOCKED, cli
-from detector.locking import DatabaseLock, Locked
+from detector.storage.locking import DatabaseLock, Locked
 
 EXE = Path(sys.executable).parent / "copyscan"
 

@@ -34,9 +34,9 @@ from detector.errors import (
     UnreadablePath,
     UnsupportedFormat,
 )
-from detector.imaging import BACKGROUND_RGB, decode, load_image, read_bytes
-from detector.pipeline import prepare_batch
-from detector.sources import expand_sources
+from detector.intake.loader import BACKGROUND_RGB, decode, load_image, read_bytes
+from detector.intake.prepare import prepare_batch
+from detector.intake.sources import expand_sources
 from tests.conftest import textured
 from tests.test_imaging import black_bilevel_png
 

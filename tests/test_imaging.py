@@ -1,4 +1,4 @@
-"""The safe loader (``detector.imaging``) and the error handling of ``prepare_batch``.
+"""The safe loader (``detector.intake.loader``) and the error handling of ``prepare_batch``.
 
 Every image is generated here from seeded numpy arrays with Pillow, in memory or under
 ``tmp_path``; nothing is fetched.
@@ -26,8 +26,8 @@ from detector.errors import (
     UnreadablePath,
     UnsupportedFormat,
 )
-from detector.imaging import BACKGROUND_RGB, LoadedImage, decode, load_image, read_bytes, to_rgb
-from detector.pipeline import prepare_batch
+from detector.intake.loader import BACKGROUND_RGB, LoadedImage, decode, load_image, read_bytes, to_rgb
+from detector.intake.prepare import prepare_batch
 
 SETTINGS = Settings()
 

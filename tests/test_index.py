@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.index import Candidate, HammingIndex
+from detector.stage1.index import Candidate, HammingIndex
 
 
 def _flip(code: int, bits: list[int]) -> int:
@@ -62,7 +62,7 @@ def test_mismatched_lengths_are_refused():
 
 
 def test_several_codes_per_image_and_several_probes_per_query():
-    from detector.hashing import Probe
+    from detector.stage1.hashing import Probe
 
     # image 5 owns two codes (its own and a variant); image 3 one.
     index = HammingIndex(
@@ -81,7 +81,7 @@ def test_several_codes_per_image_and_several_probes_per_query():
 
 
 def test_flipped_probes_search_a_smaller_radius():
-    from detector.hashing import Probe
+    from detector.stage1.hashing import Probe
 
     index = HammingIndex(np.array([1]), np.array([0], np.uint64), np.array([2**64 - 1], np.uint64))
     ten_bits = (1 << 10) - 1
@@ -98,7 +98,7 @@ def test_flipped_probes_search_a_smaller_radius():
 def test_unturned_probes_must_stay_close_on_both_codes() -> None:
     """Within the radius on one code but far on the other is a chance hit: radius_sum drops it;
     turned probes keep their own tighter radius and are not limited by the sum."""
-    from detector.hashing import Probe
+    from detector.stage1.hashing import Probe
 
     ten_bits = (1 << 10) - 1
     far = (1 << 30) - 1  # 30 bits away
@@ -113,7 +113,7 @@ def test_unturned_probes_must_stay_close_on_both_codes() -> None:
 def _scanner_like(seed: int) -> tuple[HammingIndex, HammingIndex, list[list]]:
     """The same catalog searched by brute force and through hash tables, and query probe
     sets like the scanner's: unturned and turned, some without a dHash, near some images."""
-    from detector.hashing import Probe
+    from detector.stage1.hashing import Probe
 
     rng = np.random.default_rng(seed)
     n = 3000
@@ -156,7 +156,7 @@ def test_hash_tables_give_the_brute_force_answers(radii: tuple[int, int, int, in
 
 
 def test_hash_tables_are_built_once_brute_force_has_cost_as_much(monkeypatch: pytest.MonkeyPatch) -> None:
-    from detector import index as index_module
+    from detector.stage1 import index as index_module
 
     monkeypatch.setattr(index_module, "_MIH_MIN_CODES", 1000)
     brute, _, queries = _scanner_like(8)

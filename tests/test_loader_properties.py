@@ -24,9 +24,9 @@ from PIL import Image
 
 from detector.config import Settings
 from detector.errors import ImageError, UnhashableImage
-from detector.hashing import DIHEDRAL, dihedral_probes, image_codes
-from detector.imaging import LoadedImage, content_hash, decode, load_image, to_rgb
-from detector.pipeline import prepare_bytes
+from detector.intake.loader import LoadedImage, content_hash, decode, load_image, to_rgb
+from detector.intake.prepare import prepare_bytes
+from detector.stage1.hashing import DIHEDRAL, dihedral_probes, image_codes
 
 SETTINGS = Settings()
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from detector.config import Settings, settings_table
-from detector.index import Candidate
-from detector.matching import Match, rerank, score, verdict
-from detector.store import CatalogEntry
+from detector.scoring import Match, rerank, score, verdict
+from detector.stage1.index import Candidate
+from detector.storage.store import CatalogEntry
 
 
 def test_score_is_bounded_and_monotonic(settings):
@@ -68,7 +68,7 @@ def test_a_pair_only_the_embedding_found_needs_stage_3_to_be_a_copy(settings):
     smooth to judge, not checked, or too few inliers): capped under the near-duplicate line.
     Found by stage 1, or confirmed by stage 3, or with stage 3 switched off: scored as
     before."""
-    from detector.matching import Evidence
+    from detector.scoring import Evidence
 
     q = np.array([1, 0, 0, 0], np.float32)
     vecs = {1: q.copy()}
@@ -90,7 +90,7 @@ def test_a_pair_both_keypoint_checks_refute_is_not_a_copy(settings):
     """Close in stage 1 and to the CNN, but ORB and SIFT both judged the pair and found not
     one inlier: a look-alike (another frame of a series), capped under the near-duplicate
     line. One SIFT inlier, or SIFT not asked, leaves the score as it was."""
-    from detector.matching import Evidence
+    from detector.scoring import Evidence
 
     q = np.array([1, 0, 0, 0], np.float32)
     vecs, entries, qv = {1: q.copy()}, {1: _entry(1)}, {1: q}
@@ -123,7 +123,7 @@ def test_a_pair_too_smooth_to_judge_must_stand_out_from_its_rivals(settings):
     close (cosine 0.75), barely above the best other catalog image, is capped under the
     near-duplicate line; one that stands ``smooth_distinct`` above it, that the CNN is sure
     of (cosine 0.85), or with no rival measured (fast mode) is not."""
-    from detector.matching import Evidence
+    from detector.scoring import Evidence
 
     q = np.array([1, 0, 0, 0], np.float32)
     entries = {1: _entry(1)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector import mih
-from detector.mih import MultiIndexHash, chunk_radii, default_chunk_bits, split_bits
+from detector.stage1 import mih
+from detector.stage1.mih import MultiIndexHash, chunk_radii, default_chunk_bits, split_bits
 
 TOP = np.uint64(2**63)
 

@@ -22,12 +22,12 @@ from urllib.parse import quote
 import pytest
 from PIL import Image
 
-from detector import report_html
 from detector.config import Settings
 from detector.errors import ReportError
-from detector.infringements import Report, ReportRow, RunInfo
-from detector.report import REPORT_CSV_COLUMNS, report_csv, report_json
-from detector.report_html import THUMB_SIDE, write_html
+from detector.outputs import html as report_html
+from detector.outputs.html import THUMB_SIDE, write_html
+from detector.outputs.records import REPORT_CSV_COLUMNS, report_csv, report_json
+from detector.outputs.report import Report, ReportRow, RunInfo
 from tests.browser import dump_dom, needs_chromium, run_page, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent

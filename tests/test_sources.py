@@ -1,4 +1,4 @@
-"""``detector.sources.expand_sources``: turning named paths into the list of files to read."""
+"""``detector.intake.sources.expand_sources``: turning named paths into the list of files to read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.sources import expand_sources
+from detector.intake.sources import expand_sources
 
 
 def touch(path: Path) -> Path:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from detector.errors import IncompatibleDatabase, NotFound, SchemaTooNew, StoreError
-from detector.hashing import to_sqlite
-from detector.store import SCHEMA_VERSION, NewCatalogImage, RecordedItem, RecordedMatch, Store
+from detector.stage1.hashing import to_sqlite
+from detector.storage.store import SCHEMA_VERSION, NewCatalogImage, RecordedItem, RecordedMatch, Store
 
 
 def _open(path, hasher="h1", embedder="e1", create=True):
@@ -87,9 +87,9 @@ def test_codes_round_trip_in_bulk_including_the_top_bit(tmp_path):
 def test_codes_load_in_chunks_in_id_order_own_code_first(tmp_path, monkeypatch):
     import dataclasses
 
-    import detector.store
+    import detector.storage.store
 
-    monkeypatch.setattr(detector.store, "_LOAD_ROWS", 3)  # many chunks
+    monkeypatch.setattr(detector.storage.store, "_LOAD_ROWS", 3)  # many chunks
     with _open(tmp_path / "c.db") as store:
         images = [
             dataclasses.replace(_image(i, 100 + i), variants=(("a", 200 + i, 0), ("b", 300 + i, 0)))
@@ -247,7 +247,7 @@ def test_variant_codes_are_loaded_with_their_image_and_removed_with_it(tmp_path)
 
 
 def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
-    from detector.store import MIGRATIONS
+    from detector.storage.store import MIGRATIONS
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
@@ -273,7 +273,7 @@ def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
 
 
 def test_checks_wait_for_a_decision_and_external_ids_remove_images(tmp_path):
-    from detector.store import NewCheck
+    from detector.storage.store import NewCheck
 
     with _open(tmp_path / "c.db") as store:
         im = _image(1, 1)

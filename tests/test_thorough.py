@@ -12,13 +12,13 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from detector.cataloging import add_to_catalog
 from detector.config import Settings
-from detector.embedding import degraded, embedder_id, fine_detail, resize_for_cnn
-from detector.hashing import HASHER_ID
-from detector.matching import Evidence, score
-from detector.scanning import FAST, THOROUGH, Scanner
-from detector.store import Store
+from detector.scan.scanner import FAST, THOROUGH, Scanner
+from detector.scoring import Evidence, score
+from detector.stage1.hashing import HASHER_ID
+from detector.stage2.embedding import degraded, embedder_id, fine_detail, resize_for_cnn
+from detector.storage.store import Store
+from detector.tasks.cataloging import add_to_catalog
 
 
 def test_fine_detail_tells_a_blurred_or_enlarged_image_from_a_sharp_one():

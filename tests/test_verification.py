@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from detector.hashing import dihedral_image
-from detector.matching import score
-from detector.verification import VERIFY_SIDE, features, plausible, sift_features, verify, verify_grey
+from detector.scoring import score
+from detector.stage1.hashing import dihedral_image
+from detector.stage3.keypoints import VERIFY_SIDE, features, plausible, sift_features, verify, verify_grey
 
 from .conftest import textured
 

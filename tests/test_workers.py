@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.cataloging import ADDED, KNOWN, add_to_catalog
 from detector.config import Settings
-from detector.hashing import HASHER_ID
-from detector.pipeline import Prepared, prepare_batch, prepare_bytes
-from detector.scanning import Scanner
-from detector.store import Store
-from detector.workers import CRASHED, prepared_batches, worker_count
+from detector.intake.prepare import Prepared, prepare_batch, prepare_bytes
+from detector.intake.workers import CRASHED, prepared_batches, worker_count
+from detector.scan.scanner import Scanner
+from detector.stage1.hashing import HASHER_ID
+from detector.storage.store import Store
+from detector.tasks.cataloging import ADDED, KNOWN, add_to_catalog
 
 PARALLEL = Settings().replace(batch_size=4, jobs=2)
 
@@ -115,7 +115,7 @@ def test_the_command_line_decodes_in_workers_by_default():
 
 
 def _store(tmp_path: Path, settings: Settings) -> Store:
-    from detector.embedding import embedder_id
+    from detector.stage2.embedding import embedder_id
 
     return Store.open(tmp_path / "w.db", hasher=HASHER_ID, embedder=embedder_id(settings), create=True)
 

@@ -7,7 +7,7 @@ reported once, with the closest pair.
 
 Small catalogs are searched by brute force with ``np.bitwise_count`` over (n,) uint64 arrays
 (about 10 ms per probe per million codes with both codes and the radius rules). Large ones
-are searched through one multi-index hash per code type (:mod:`detector.mih`): the rows
+are searched through one multi-index hash per code type (:mod:`detector.stage1.mih`): the rows
 within a probe's pHash or dHash radius, then the same rules on those rows only, so the
 answers are identical. The hash tables are built once brute force has cost about as much
 as building them would (ski rental: never more than twice the better of the two).
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hashing import Probe
-from .mih import MultiIndexHash
+from detector.stage1.hashing import Probe
+from detector.stage1.mih import MultiIndexHash
 
 _NO_CODE = 64  # the distance given to a probe without a dHash: never within any radius
 _MIH_MIN_CODES = 5_000  # measured: the tables are 4x faster at 5,000 codes, 45x at 1 M
@@ -33,7 +33,7 @@ _MIH_COST = 4  # a candidate found through the tables costs about this many brut
 @dataclass(frozen=True)
 class Candidate:
     """A catalog image within the stage-1 radius of a query. Distances are bits of 64;
-    ``transform`` names the probe that came closest (see :class:`detector.hashing.Probe`)."""
+    ``transform`` names the probe that came closest (see :class:`detector.stage1.hashing.Probe`)."""
 
     catalog_id: int
     hamming_phash: int

@@ -32,18 +32,18 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from . import __version__
-from .cataloging import ERROR, add_to_catalog
-from .config import Settings
-from .errors import CopyscanError, ImageError, NotFound
-from .imaging import load_image
-from .locking import DatabaseLock, Locked
-from .matching import NONE, ScanResult
-from .pipeline import Models, prepare_bytes
-from .report import scan_record
-from .review_page import render_review
-from .scanning import FAST, MODES, Scanner
-from .store import CheckRecord, NewCheck, Store
+from detector import __version__
+from detector.config import Settings
+from detector.errors import CopyscanError, ImageError, NotFound
+from detector.intake.loader import load_image
+from detector.intake.prepare import Models, prepare_bytes
+from detector.outputs.records import scan_record
+from detector.outputs.review_page import render_review
+from detector.scan.scanner import FAST, MODES, Scanner
+from detector.scoring import NONE, ScanResult
+from detector.storage.locking import DatabaseLock, Locked
+from detector.storage.store import CheckRecord, NewCheck, Store
+from detector.tasks.cataloging import ERROR, add_to_catalog
 
 MAX_UPLOAD_BYTES = 20_000_000  # default request body cap
 THUMB_SIDE = 320

@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .attacks import FAMILIES, attack
-from .config import Settings
-from .errors import ImageError
-from .imaging import load_image
-from .matching import ScanResult
-from .pipeline import Models
-from .scanning import FAST, Scanner
-from .store import Store
-from .workers import prepared_batches
+from detector.config import Settings
+from detector.errors import ImageError
+from detector.intake.loader import load_image
+from detector.intake.prepare import Models
+from detector.intake.workers import prepared_batches
+from detector.scan.scanner import FAST, Scanner
+from detector.scoring import ScanResult
+from detector.storage.store import Store
+from detector.tasks.attacks import FAMILIES, attack
 
 QUERY_QUALITY = 90  # attacked copies are written as JPEG, as crawled images mostly are
 

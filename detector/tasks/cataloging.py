@@ -7,12 +7,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .config import Settings
-from .embedding import to_blob
-from .hashing import to_sqlite
-from .pipeline import Models, Prepared
-from .store import NewCatalogImage, Store
-from .workers import prepared_batches
+from detector.config import Settings
+from detector.intake.prepare import Models, Prepared
+from detector.intake.workers import prepared_batches
+from detector.stage1.hashing import to_sqlite
+from detector.stage2.embedding import to_blob
+from detector.storage.store import NewCatalogImage, Store
 
 ADDED = "added"
 KNOWN = "known"

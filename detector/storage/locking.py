@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import StoreError
-from .store import utc_now
+from detector.errors import StoreError
+from detector.storage.store import utc_now
 
 _POLL_S = 0.2
 

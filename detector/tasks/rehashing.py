@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Settings
-from .hashing import to_sqlite
-from .store import Store
-from .workers import prepared_batches
+from detector.config import Settings
+from detector.intake.workers import prepared_batches
+from detector.stage1.hashing import to_sqlite
+from detector.storage.store import Store
 
 CHANGED = "the file no longer holds the content that was catalogued (sha256 differs)"
 

@@ -1,4 +1,4 @@
-"""The front of the pipeline (:func:`detector.pipeline.prepare_bytes`: decode, codes, CNN
+"""The front of the pipeline (:func:`detector.intake.prepare.prepare_bytes`: decode, codes, CNN
 input, stage-3 grey) in worker processes, while this process searches, embeds and writes.
 
 :func:`prepared_batches` yields the prepared batches of a list of paths, in order. This
@@ -6,7 +6,7 @@ process reads each file and hashes its content (so content already known is neve
 a worker, let alone decoded), then hands the bytes to a pool of workers and reads ahead: up
 to :data:`_AHEAD` batches (and :data:`_AHEAD_BYTES` of file content) are being decoded while
 the caller works on the current one. With one job, or a job too small to pay for starting
-workers, everything runs here, batch by batch, as :func:`detector.pipeline.prepare_batch`.
+workers, everything runs here, batch by batch, as :func:`detector.intake.prepare.prepare_batch`.
 
 A worker that dies (a decoder crashing on hostile bytes, the kernel's OOM killer) breaks
 the pool; the pool is started again and the images it held are decoded again one at a time,
@@ -30,8 +30,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from .config import Settings
-from .pipeline import Prepared, RawInput, batched, prepare_batch, prepare_bytes, read_inputs
+from detector.config import Settings
+from detector.intake.prepare import Prepared, RawInput, batched, prepare_batch, prepare_bytes, read_inputs
 
 Prepare = Callable[[str, bytes, str, Settings, bool], Prepared]
 
@@ -63,7 +63,7 @@ def prepared_batches(
     *,
     prepare: Prepare = prepare_bytes,
 ) -> Iterator[list[Prepared]]:
-    """:func:`detector.pipeline.prepare_batch` over ``paths`` in batches of
+    """:func:`detector.intake.prepare.prepare_batch` over ``paths`` in batches of
     ``settings.batch_size``, in order, decoded in :func:`worker_count` processes.
     ``known`` is asked about each batch's content when the batch is read, which may be
     before the caller has finished with the batches before it. ``prepare``: the function a

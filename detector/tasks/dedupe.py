@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import Settings
-from .hashing import Probe
-from .index import HammingIndex
-from .matching import NONE, score, verdict
-from .pipeline import Models, Prepared
-from .workers import prepared_batches
+from detector.config import Settings
+from detector.intake.prepare import Models, Prepared
+from detector.intake.workers import prepared_batches
+from detector.scoring import NONE, score, verdict
+from detector.stage1.hashing import Probe
+from detector.stage1.index import HammingIndex
 
 
 @dataclass(frozen=True)

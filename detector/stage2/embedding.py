@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from .config import Settings
-from .errors import ModelError
+from detector.config import Settings
+from detector.errors import ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +87,7 @@ class Embedder:
     def __init__(self, settings: Settings, device: str | None = None) -> None:
         import torch
 
-        from .effnet_lite import EfficientNetLite0
+        from detector.stage2.network import EfficientNetLite0
 
         self.settings = settings
         self.id = embedder_id(settings)

@@ -20,18 +20,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import __version__
-from .config import Settings
-from .embedding import EMBEDDING_DIM, degraded, fine_detail, from_blobs
-from .errors import ImageError
-from .hashing import dihedral_image, from_sqlite, to_sqlite, undo_dihedral_points
-from .imaging import content_hash, load_image, read_bytes
-from .index import Candidate, HammingIndex, ProbeDistances
-from .matching import Evidence, Match, ScanResult, rerank
-from .pipeline import Models, Prepared, prepare_bytes
-from .store import CatalogEntry, RecordedItem, RecordedMatch, Store
-from .verification import Features, features, sift_features, verify, verify_grey
-from .workers import prepared_batches
+from detector import __version__
+from detector.config import Settings
+from detector.errors import ImageError
+from detector.intake.loader import content_hash, load_image, read_bytes
+from detector.intake.prepare import Models, Prepared, prepare_bytes
+from detector.intake.workers import prepared_batches
+from detector.scoring import Evidence, Match, ScanResult, rerank
+from detector.stage1.hashing import dihedral_image, from_sqlite, to_sqlite, undo_dihedral_points
+from detector.stage1.index import Candidate, HammingIndex, ProbeDistances
+from detector.stage2.embedding import EMBEDDING_DIM, degraded, fine_detail, from_blobs
+from detector.stage3.keypoints import Features, features, sift_features, verify, verify_grey
+from detector.storage.store import CatalogEntry, RecordedItem, RecordedMatch, Store
 
 FAST = "fast"
 THOROUGH = "thorough"

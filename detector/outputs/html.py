@@ -27,10 +27,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from .config import Settings
-from .errors import ImageError, ReportError
-from .imaging import load_image
-from .infringements import Region, Report, ReportRow
+from detector.config import Settings
+from detector.errors import ImageError, ReportError
+from detector.intake.loader import load_image
+from detector.outputs.report import Region, Report, ReportRow
 
 THUMB_DIR = "thumbs"
 THUMB_SIDE = 240  # longer side of a thumbnail, pixels

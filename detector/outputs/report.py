@@ -1,7 +1,7 @@
 """What an infringement report holds: one scan run, and each (scanned image, catalog image)
 pair it flagged, with the stage-3 evidence. Built from the scan history by
-:meth:`detector.store.Store.load_report`; written out by :mod:`detector.report` (CSV, JSON)
-and :mod:`detector.report_html` (a self-contained HTML folder)."""
+:meth:`detector.storage.store.Store.load_report`; written out by :mod:`detector.outputs.records` (CSV, JSON)
+and :mod:`detector.outputs.html` (a self-contained HTML folder)."""
 
 from __future__ import annotations
 

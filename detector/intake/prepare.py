@@ -11,13 +11,13 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from .config import Settings
-from .embedding import EMBEDDING_DIM, Embedder, resize_for_cnn
-from .errors import ImageError
-from .framing import content_box
-from .hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
-from .imaging import content_hash, decode, read_bytes
-from .verification import verify_grey
+from detector.config import Settings
+from detector.errors import ImageError
+from detector.intake.framing import content_box
+from detector.intake.loader import content_hash, decode, read_bytes
+from detector.stage1.hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
+from detector.stage2.embedding import EMBEDDING_DIM, Embedder, resize_for_cnn
+from detector.stage3.keypoints import verify_grey
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .imaging import IMAGE_SUFFIXES
+from detector.intake.loader import IMAGE_SUFFIXES
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 

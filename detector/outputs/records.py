@@ -1,6 +1,6 @@
 """Turning results into output records: the JSON Lines record of the command-line contract,
 CSV rows with formula cells neutralised, and plain-text table lines; and the infringement
-report (:class:`~detector.infringements.Report`) as CSV or JSON. Nothing here prints."""
+report (:class:`~detector.outputs.report.Report`) as CSV or JSON. Nothing here prints."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import csv
 import json
 from typing import Any, TextIO
 
-from .infringements import Region, Report, ReportRow
-from .matching import Match, ScanResult
+from detector.outputs.report import Region, Report, ReportRow
+from detector.scoring import Match, ScanResult
 
 CSV_COLUMNS = (
     "query",

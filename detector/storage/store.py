@@ -7,7 +7,7 @@ runs, scanned items and matches, all in one file any SQLite tool can read.
   transaction that bumps the version;
 - the ``meta`` table names the hasher and the embedder; a database built with other ones is
   refused rather than silently mixed;
-- 64-bit codes are stored as signed int64 (see :func:`detector.hashing.to_sqlite`) and loaded
+- 64-bit codes are stored as signed int64 (see :func:`detector.stage1.hashing.to_sqlite`) and loaded
   into numpy in bulk.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from .errors import IncompatibleDatabase, NotFound, SchemaTooNew, StoreError
-from .hashing import from_sqlite
-from .infringements import Region, Report, ReportRow, RunInfo
+from detector.errors import IncompatibleDatabase, NotFound, SchemaTooNew, StoreError
+from detector.outputs.report import Region, Report, ReportRow, RunInfo
+from detector.stage1.hashing import from_sqlite
 
 BUSY_TIMEOUT_MS = 60_000
 _LOAD_ROWS = 65_536  # catalog codes fetched from SQLite at a time
@@ -271,7 +271,7 @@ class Store:
         """Open (and, with ``create``, make) the database at ``path``, upgrade its schema and
         check that it was built with the same hasher and embedder. ``shared``: the connection
         may be used from several threads, one at a time (the caller serialises them).
-        ``rehashing``: another hasher is accepted, for :mod:`detector.rehashing` to replace
+        ``rehashing``: another hasher is accepted, for :mod:`detector.tasks.rehashing` to replace
         its codes (:attr:`stored_hasher` names it).
 
         Raises :class:`StoreError` subclasses: missing file without ``create``, a newer schema,
@@ -663,7 +663,7 @@ class Store:
         self, command: str, args: dict[str, Any], mode: str | None = None, state: str | None = None
     ) -> int:
         """Record the start of a scan; returns the run id. ``state`` fingerprints the catalog
-        and settings it scans against (see :attr:`detector.scanning.Scanner.state`)."""
+        and settings it scans against (see :attr:`detector.scan.scanner.Scanner.state`)."""
         with self.write():
             cur = self.conn.execute(
                 "INSERT INTO runs (command, args, started_at, status, mode, state)"

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import Settings
-from .index import Candidate
-from .infringements import Region
-from .store import CatalogEntry
+from detector.config import Settings
+from detector.outputs.report import Region
+from detector.stage1.index import Candidate
+from detector.storage.store import CatalogEntry
 
 COPY = "copy"
 NEAR_DUPLICATE = "near-duplicate"
