@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store, settings, work / "queries", sample=args.sample, held_out=args.held_out, seed=args.seed
         )
         figures, _ = evaluate(store, models, settings, queries, modes=("fast", "thorough"))
-        visible = [e for e in store.list_catalog() if e.id not in queries.held_out]
+        visible = [e for e in store.catalog.list() if e.id not in queries.held_out]
     qs = queries.queries
     print(f"catalog {added} images ({t_add:.0f} s to index), {len(visible)} visible; "
           f"{sum(q.catalog_id is not None for q in qs)} attacked copies, "

@@ -52,7 +52,8 @@ from throughput import (
 from detector.stage1.hashing import HASHER_ID
 from detector.stage1.index import HammingIndex
 from detector.stage2.embedding import EMBEDDING_DIM, embedder_id, to_blob
-from detector.storage.store import NewCatalogImage, Store
+from detector.storage.catalog import NewCatalogImage
+from detector.storage.store import Store
 
 PAD_SEED = 77
 PAD_CHUNK = 20_000
@@ -114,7 +115,7 @@ def pad_catalog(db: Path, total: int) -> float:
             )
             for i, c in enumerate(signed)
         ]
-        store.add_catalog_images(rows)
+        store.catalog.add(rows)
     store.close()
     return time.perf_counter() - t0
 
@@ -148,7 +149,7 @@ def stage1_memory(db: Path) -> tuple[int, int, int, float]:
     store = Store.open(db, hasher=HASHER_ID, embedder=embedder_id_default(), create=False)
     tracemalloc.start()
     t0 = time.perf_counter()
-    ids, phash, dhash = store.load_codes()
+    ids, phash, dhash = store.catalog.codes()
     index = HammingIndex(ids, phash, dhash, mih=True)
     seconds = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()

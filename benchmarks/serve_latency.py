@@ -30,7 +30,8 @@ import numpy as np
 from detector.config import Settings
 from detector.stage1.hashing import HASHER_ID, to_sqlite
 from detector.stage2.embedding import EMBEDDING_DIM, embedder_id, to_blob
-from detector.storage.store import NewCatalogImage, Store
+from detector.storage.catalog import NewCatalogImage
+from detector.storage.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).parent / "copyscan"
@@ -44,7 +45,7 @@ def _synthetic(db: Path, n: int, seed: int = 0) -> None:
             codes = rng.integers(0, 2**63, size=(k, 8), dtype=np.int64)
             vecs = rng.standard_normal((k, EMBEDDING_DIM)).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-            store.add_catalog_images(
+            store.catalog.add(
                 [
                     NewCatalogImage(
                         path=f"/synthetic/{start + i}.jpg",

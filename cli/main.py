@@ -55,7 +55,7 @@ class App:
             self.db, hasher=HASHER_ID, embedder=embedder_id(self.settings), create=create, rehashing=rehashing
         )
         stored = {}
-        for name, raw in store.stored_settings().items():
+        for name, raw in store.saved_settings.read().items():
             if name in self.overrides:
                 continue
             try:
@@ -262,7 +262,7 @@ def catalog_rehash(app: App, drop_missing: bool, wait: float) -> None:
 
     started = time.perf_counter()
     with _errors_to_click(), _locked(app, "catalog rehash", wait), app.open_store(rehashing=True) as store:
-        old = store.stored_hasher
+        old = store.rehash.stored_hasher
         if old == HASHER_ID:
             click.echo(f"the catalog already uses hasher {HASHER_ID}: nothing to do")
             return
@@ -292,7 +292,7 @@ def catalog_rehash(app: App, drop_missing: bool, wait: float) -> None:
 def catalog_list(app: App, owner: str | None, fmt: str) -> None:
     """List catalog images: id, owner, size, pHash, path."""
     with _errors_to_click(), app.open_store() as store:
-        for e in store.list_catalog(owner=owner):
+        for e in store.catalog.list(owner=owner):
             if fmt == "jsonl":
                 click.echo(
                     json.dumps(
@@ -340,7 +340,7 @@ def catalog_remove(app: App, targets: tuple[str, ...], owner: str | None) -> Non
     ids = [int(t) for t in targets if t.isdigit()]
     paths = [t for t in targets if not t.isdigit()]
     with _errors_to_click(), _locked(app, "catalog remove", 0), app.open_store() as store:
-        n = store.remove_catalog(ids=ids, paths=paths, owner=owner)
+        n = store.catalog.remove(ids=ids, paths=paths, owner=owner)
     click.echo(f"removed {n}")
 
 
@@ -490,7 +490,6 @@ def scan(
     recorded as interrupted: --resume goes on with it).
     """
     from detector.intake.sources import expand_sources
-    from detector.outputs import records as report
     from detector.scan.scanner import Scanner
 
     if resume is None and not paths:
@@ -504,7 +503,7 @@ def scan(
     started = time.perf_counter()
     counts: Counter[str] = Counter()
     with _errors_to_click(), _locked(app, "scan", wait), app.open_store() as store:
-        killed = store.mark_killed()
+        killed = store.history.mark_killed()
         resumed = None
         if resume is not None:
             resumed = _run_to_resume(store, resume or None)
@@ -520,7 +519,7 @@ def scan(
                     f"the catalog or the settings changed since run {resumed.id} started; "
                     "its results would not be comparable: start a new scan instead"
                 )
-            done = frozenset(store.scanned_paths(resumed.id))
+            done = frozenset(store.history.scanned_paths(resumed.id))
         if engine == "ray":
             from detector.distributed import crawl_items, require
 
@@ -530,9 +529,9 @@ def scan(
             files = [f for f in expand_sources(paths) if f not in done]
         if resumed is not None:
             run_id = resumed.id
-            store.reopen_run(run_id)
+            store.history.reopen(run_id)
         else:
-            run_id = store.start_run(
+            run_id = store.history.start(
                 "scan",
                 {
                     "paths": list(paths),
@@ -566,7 +565,7 @@ def scan(
             with app.progress(len(files), "scanning") as bar:
                 for result in results:
                     bar.update(1)
-                    counts[report.outcome(result)] += 1
+                    counts[result.outcome] += 1
                     counts["reused"] += result.reused_from is not None
                     for w in writers:
                         w.write(result)
@@ -582,7 +581,7 @@ def scan(
                 if hasattr(w, "close"):
                     w.close()
             if status != "running":  # any other failure leaves it running: the next scan marks it killed
-                store.finish_run(run_id, status)
+                store.history.finish(run_id, status)
         elapsed = time.perf_counter() - started
         scanned = sum(counts[k] for k in ("copy", "near-duplicate", "no match", "error"))
         reused = f" ({counts['reused']} unchanged since an earlier run)" if counts["reused"] else ""
@@ -603,11 +602,11 @@ def _run_to_resume(store: Any, run_id: int | None) -> Any:
     from detector.errors import NotFound
 
     if run_id is None:
-        for run in store.runs():
+        for run in store.history.runs():
             if run.command == "scan" and run.status in ("killed", "interrupted"):
                 return run
         raise NotFound("no killed or interrupted scan run to resume")
-    run = store.run(run_id)
+    run = store.history.run(run_id)
     if run.command != "scan" or run.status not in ("killed", "interrupted"):
         raise click.ClickException(
             f"run {run_id} is {run.status}, not killed or interrupted: nothing to resume"
@@ -711,7 +710,7 @@ def dedupe(app: App, paths: tuple[str, ...], fmt: str) -> None:
 def runs(app: App, limit: int, fmt: str) -> None:
     """Scan runs recorded in the database, newest first: status, times and counts."""
     with _errors_to_click(), app.open_store() as store:
-        found = store.runs(limit)
+        found = store.history.runs(limit)
     for r in found:
         if fmt == "jsonl":
             click.echo(json.dumps(dataclasses.asdict(r), ensure_ascii=False))
@@ -748,12 +747,12 @@ def report_command(
     catalog image its copies side by side, the matched region outlined, sortable and
     filterable. --csv and --json for machines. '-' writes CSV or JSON to stdout.
     """
-    from detector.outputs import records
+    from detector.outputs import report as records
 
     if not (html_dir or csv_path or json_path):
         raise click.UsageError("name at least one of --html DIR, --csv FILE, --json FILE")
     with _errors_to_click(), app.open_store() as store:
-        found = store.load_report(run, new_only=new_only)
+        found = store.reports.load(run, new_only=new_only)
     if html_dir:
         from detector.outputs.html import write_html
 
@@ -951,7 +950,7 @@ def evaluate(
             stored = ev.calibrate(predictions[last.mode], max(last.copies, 1), precision, near_precision)
             if stored is None:
                 raise click.ClickException(f"no threshold reaches {precision:.0%} precision; nothing stored")
-            store.save_settings(
+            store.saved_settings.save(
                 {
                     "copy_threshold": stored.copy_threshold,
                     "near_duplicate_threshold": stored.near_duplicate_threshold,

@@ -31,8 +31,8 @@ from detector.intake.loader import content_hash
 from detector.intake.prepare import Models, Prepared, batched, prepare_batch, prepare_bytes
 from detector.intake.sources import expand_sources
 from detector.outputs.records import match_record
+from detector.records import ScanResult
 from detector.scan.scanner import CatalogSnapshot, Scanner
-from detector.scoring import ScanResult
 
 PARQUET_SUFFIX = ".parquet"
 FILE_ROW = -1  # the row of an item that is a file, not a Parquet row
@@ -249,7 +249,7 @@ def _scan(
         {"index": i, "items": json.dumps(list(b))}
         for i, b in enumerate(batched(list(items), scanner.settings.batch_size))
     ]
-    known = frozenset(scanner.store.reusable_digests(scanner.state)) if reuse else frozenset()
+    known = frozenset(scanner.store.history.reusable_digests(scanner.state)) if reuse else frozenset()
     dataset = ray.data.from_items(batches, override_num_blocks=len(batches)).map_batches(
         _Worker,
         batch_size=1,
@@ -283,7 +283,7 @@ def _settle(scanner: Scanner, out: Sequence[tuple[Any, ...]], reuse: bool) -> li
     if not reuse:
         return [entry[1] for entry in out]
     digests = [e[2] if e[0] == "skip" else e[1].sha256 for e in out]
-    reusable = scanner.store.reusable_items([d for d in digests if d], scanner.state)
+    reusable = scanner.store.history.reusable_items([d for d in digests if d], scanner.state)
     results = []
     for entry, sha in zip(out, digests, strict=True):
         path = entry[1] if entry[0] == "skip" else entry[1].query

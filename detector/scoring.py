@@ -9,31 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.config import Settings
-from detector.outputs.report import Region
+from detector.records import COPY, NEAR_DUPLICATE, NONE, Match, Region
 from detector.stage1.index import Candidate
-from detector.storage.store import CatalogEntry
-
-COPY = "copy"
-NEAR_DUPLICATE = "near-duplicate"
-NONE = "none"
-
-
-@dataclass(frozen=True)
-class Match:
-    """A reranked candidate. ``hamming`` is bits of 64 (the closer of pHash and dHash),
-    ``cosine`` the descriptor similarity in [-1, 1], ``score`` in [0, 1]."""
-
-    catalog_id: int
-    catalog_path: str
-    owner: str | None
-    hamming: int
-    cosine: float
-    score: float
-    verdict: str
-    transform: str = "identity"
-    inliers: int | None = None  # stage-3 RANSAC inliers; None when stage 3 did not run
-    query_region: Region | None = None  # stage 3's matched region in the query (see Evidence)
-    catalog_region: Region | None = None
+from detector.storage.catalog import CatalogEntry
 
 
 @dataclass(frozen=True)
@@ -56,27 +34,6 @@ class Evidence:
     def refutes(self) -> bool:
         """Whether ORB and SIFT both judged the pair and neither found a single inlier."""
         return self.inliers == 0 and self.sift_inliers == 0
-
-
-@dataclass(frozen=True)
-class ScanResult:
-    """The outcome for one query image: ``status`` is 'ok' or 'error'; matches best first."""
-
-    query: str
-    status: str
-    error: str | None = None
-    matches: tuple[Match, ...] = ()
-    sha256: str | None = None
-    phash: int | None = None
-    dhash: int | None = None
-    candidates: int = 0
-    embedded: bool = False  # the CNN ran on this query
-    reused_from: int | None = None  # the stored item whose results these repeat (not rescanned)
-
-    @property
-    def flagged(self) -> bool:
-        """True when some match is a copy or a near-duplicate."""
-        return any(m.verdict != NONE for m in self.matches)
 
 
 def score(

@@ -93,7 +93,7 @@ def test_a_scanner_built_from_a_pickled_snapshot_gives_the_stores_results(indexe
         local = Scanner(store, models, models.settings, mode=THOROUGH, exclude=hidden)
         snapshot = pickle.loads(pickle.dumps(CatalogSnapshot.load(store, exclude=hidden)))
         remote = Scanner(snapshot, models, models.settings, mode=THOROUGH)
-        assert remote.state == local.state and 2 not in snapshot.entries
+        assert remote.state == local.state and 2 not in snapshot.by_id
         prepared = prepare_batch([str(p) for p in sorted(crawl_dir.glob("*"))[::4]], models.settings)
         expected = local.scan_prepared(prepared)
     assert remote.scan_prepared(prepared) == expected  # the database is closed now

@@ -92,7 +92,7 @@ def test_query_set_attacks_the_sample_and_hides_the_held_out(tiny_db, tmp_path, 
         ]
         # a held-out image is invisible: its exact file finds nothing, while it is found without exclusion
         hidden = next(iter(qs.held_out))
-        path = store.catalog_entries([hidden])[hidden].path
+        path = store.catalog.entries([hidden])[hidden].path
         (found,) = Scanner(store, models, settings).scan([path])
         (blind,) = Scanner(store, models, settings, exclude=qs.held_out).scan([path])
         assert found.matches[0].catalog_id == hidden
@@ -101,7 +101,7 @@ def test_query_set_attacks_the_sample_and_hides_the_held_out(tiny_db, tmp_path, 
 
 def test_catalog_image_that_vanished_is_skipped_not_fatal(tiny_db, tmp_path, settings, catalog_dir):
     with _store(tiny_db, settings) as store:
-        first = next(store.list_catalog())
+        first = next(store.catalog.list())
         store.conn.execute("UPDATE catalog SET path = ? WHERE id = ?", (str(tmp_path / "gone.png"), first.id))
         qs = build_queries(store, settings, tmp_path / "q", sample=7, held_out=0, families=("flip",))
         assert len(qs.skipped) == 1 and "gone.png" in qs.skipped[0]
@@ -127,13 +127,13 @@ def test_evaluate_end_to_end_calibrates_and_scan_obeys(tiny_db, tmp_path, catalo
     assert len(list((tmp_path / "kept").glob("*.jpg"))) == 21
     cal = out["calibration"]
     with Store.open(tiny_db, hasher=HASHER_ID, embedder=embedder_id_default(), create=False) as store:
-        stored = store.stored_settings()
+        stored = store.saved_settings.read()
     assert float(stored["copy_threshold"]) == pytest.approx(cal["copy_threshold"])
     # scan takes the stored thresholds as defaults; --set still wins
     copy = tmp_path / "copy.png"
     shutil.copy(catalog_dir / sorted(p.name for p in catalog_dir.iterdir())[0], copy)
     with Store.open(tiny_db, hasher=HASHER_ID, embedder=embedder_id_default(), create=False) as store:
-        store.save_settings({"copy_threshold": 1.01, "near_duplicate_threshold": 1.01})
+        store.saved_settings.save({"copy_threshold": 1.01, "near_duplicate_threshold": 1.01})
     record = json.loads(runner.invoke(cli, ["--db", str(tiny_db), "check", str(copy), "--format", "jsonl",
                                             "--min-score", "0"]).stdout)  # fmt: skip
     assert record["matches"][0]["verdict"] == "none"

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from detector.config import Settings, settings_table
-from detector.scoring import Match, rerank, score, verdict
+from detector.records import Match
+from detector.scoring import rerank, score, verdict
 from detector.stage1.index import Candidate
-from detector.storage.store import CatalogEntry
+from detector.storage.catalog import CatalogEntry
 
 
 def test_score_is_bounded_and_monotonic(settings):

@@ -26,8 +26,8 @@ from detector.config import Settings
 from detector.errors import ReportError
 from detector.outputs import html as report_html
 from detector.outputs.html import THUMB_SIDE, write_html
-from detector.outputs.records import REPORT_CSV_COLUMNS, report_csv, report_json
-from detector.outputs.report import Report, ReportRow, RunInfo
+from detector.outputs.report import REPORT_CSV_COLUMNS, Report, ReportRow, report_csv, report_json
+from detector.records import Match, RunInfo
 from tests.browser import dump_dom, needs_chromium, run_page, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,9 @@ def pair(
         "new": True,
     }
     fields.update(kw)
-    return ReportRow(**fields)
+    keys = ("run_id", "item_id", "query_path", "query_sha256", "scanned_at", "new")
+    outer = {k: fields.pop(k) for k in keys}
+    return ReportRow(**outer, match=Match(**fields))  # type: ignore[arg-type]
 
 
 def hostile_rows(tmp: Path) -> tuple[ReportRow, ...]:
@@ -207,7 +209,7 @@ def match_key(m: Node) -> tuple[str | None, ...]:
 
 
 def row_key(r: ReportRow) -> tuple[str | None, ...]:
-    return (str(r.catalog_id), r.query_path, repr(r.score), r.verdict, r.owner or "")
+    return (str(r.match.catalog_id), r.query_path, repr(r.match.score), r.match.verdict, r.match.owner or "")
 
 
 def csp_of(doc: Node) -> dict[str, list[str]]:
@@ -307,7 +309,7 @@ def test_regions_are_outlined_as_svg_polygons(written: tuple[Report, Path]) -> N
         match = by_item[str(row.item_id)]
         thumbs = match.find_all(cls="thumb")
         assert len(thumbs) == 2  # the copy, then the catalog image
-        for thumb, region in zip(thumbs, (row.query_region, row.catalog_region), strict=True):
+        for thumb, region in zip(thumbs, (row.match.query_region, row.match.catalog_region), strict=True):
             polygons = thumb.find_all("polygon")
             if region is None or "missing" in (thumb.attrs["class"] or ""):
                 assert polygons == []
@@ -468,12 +470,17 @@ def test_report_json_round_trips(tmp_path: Path) -> None:
     data = json.loads(json.dumps(report_json(report)))
     assert data == report_json(report)
     rows = tuple(
-        ReportRow(
+        pair(
+            r.pop("item_id"),
+            r.pop("query_path"),
+            "",
+            r.pop("catalog_id"),
+            r.pop("score"),
             **{
                 **r,
                 "query_region": tuple(map(tuple, r["query_region"])) if r["query_region"] else None,
                 "catalog_region": tuple(map(tuple, r["catalog_region"])) if r["catalog_region"] else None,
-            }
+            },
         )
         for r in data["rows"]
     )

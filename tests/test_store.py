@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from detector.errors import IncompatibleDatabase, NotFound, SchemaTooNew, StoreError
+from detector.records import Match, ScanResult
 from detector.stage1.hashing import to_sqlite
-from detector.storage.store import SCHEMA_VERSION, NewCatalogImage, RecordedItem, RecordedMatch, Store
+from detector.storage.catalog import NewCatalogImage
+from detector.storage.schema import SCHEMA_VERSION
+from detector.storage.store import Store
 
 
 def _open(path, hasher="h1", embedder="e1", create=True):
@@ -75,12 +78,12 @@ def test_not_a_database_is_a_clear_error(tmp_path):
 def test_codes_round_trip_in_bulk_including_the_top_bit(tmp_path):
     codes = [0, 1, 2**63, 2**64 - 1, 0xC2924C5532BDDFC8]
     with _open(tmp_path / "c.db") as store:
-        ids = store.add_catalog_images([_image(i, c) for i, c in enumerate(codes)])
-        got_ids, phash, dhash = store.load_codes()
+        ids = store.catalog.add([_image(i, c) for i, c in enumerate(codes)])
+        got_ids, phash, dhash = store.catalog.codes()
         assert list(got_ids) == ids
         assert phash.dtype == np.uint64 and [int(p) for p in phash] == codes
         assert [int(d) for d in dhash] == [c ^ 0xFF for c in codes]
-        entries = store.catalog_entries(ids)
+        entries = store.catalog.entries(ids)
         assert entries[ids[3]].phash == 2**64 - 1
 
 
@@ -89,37 +92,37 @@ def test_codes_load_in_chunks_in_id_order_own_code_first(tmp_path, monkeypatch):
 
     import detector.storage.store
 
-    monkeypatch.setattr(detector.storage.store, "_LOAD_ROWS", 3)  # many chunks
+    monkeypatch.setattr(detector.storage.catalog, "_LOAD_ROWS", 3)  # many chunks
     with _open(tmp_path / "c.db") as store:
         images = [
             dataclasses.replace(_image(i, 100 + i), variants=(("a", 200 + i, 0), ("b", 300 + i, 0)))
             for i in range(5)
         ]
-        ids = store.add_catalog_images(images)
-        got_ids, phash, _ = store.load_codes()
+        ids = store.catalog.add(images)
+        got_ids, phash, _ = store.catalog.codes()
         assert got_ids.tolist() == [i for i in ids for _ in range(3)]
         assert phash.tolist() == [c + i for i in range(5) for c in (100, 200, 300)]
 
 
 def test_same_content_is_stored_once(tmp_path):
     with _open(tmp_path / "c.db") as store:
-        first = store.add_catalog_images([_image(1, 5)])
-        again = store.add_catalog_images([_image(1, 5), _image(2, 6)])
+        first = store.catalog.add([_image(1, 5)])
+        again = store.catalog.add([_image(1, 5), _image(2, 6)])
         assert again[0] == first[0]
         assert store.stats().images == 2
-        assert store.known_sha256([f"{1:064x}", "nope"]) == {f"{1:064x}": first[0]}
+        assert store.catalog.known([f"{1:064x}", "nope"]) == {f"{1:064x}": first[0]}
 
 
 def test_remove_by_id_path_and_owner(tmp_path):
     with _open(tmp_path / "c.db") as store:
-        ids = store.add_catalog_images(
+        ids = store.catalog.add(
             [_image(1, 1), _image(2, 2), _image(3, 3, owner="other"), _image(4, 4, owner="other")]
         )
-        assert store.remove_catalog(ids=[ids[0]]) == 1
-        assert store.remove_catalog(paths=["/cat/2.jpg"]) == 1
-        assert store.remove_catalog(owner="other") == 2
+        assert store.catalog.remove(ids=[ids[0]]) == 1
+        assert store.catalog.remove(paths=["/cat/2.jpg"]) == 1
+        assert store.catalog.remove(owner="other") == 2
         assert store.stats().images == 0
-        assert store.remove_catalog(ids=[999]) == 0
+        assert store.catalog.remove(ids=[999]) == 0
 
 
 def test_failed_write_rolls_back(tmp_path):
@@ -130,10 +133,14 @@ def test_failed_write_rolls_back(tmp_path):
         assert store.conn.execute("SELECT count(*) FROM meta WHERE key = 'x'").fetchone()[0] == 0
 
 
+def _item(path, sha, status, error, phash, dhash, matches) -> ScanResult:
+    return ScanResult(path, status, error, matches, sha, phash, dhash)
+
+
 def test_runs_items_and_matches_are_recorded(tmp_path):
     with _open(tmp_path / "c.db") as store:
-        (cid,) = store.add_catalog_images([_image(1, 1)])
-        copy = RecordedMatch(
+        (cid,) = store.catalog.add([_image(1, 1)])
+        copy = Match(
             cid,
             "/cat/1.jpg",
             "Ann",
@@ -146,108 +153,108 @@ def test_runs_items_and_matches_are_recorded(tmp_path):
             ((0.1, 0.2), (0.9, 0.2), (0.5, 0.8)),
             None,
         )
-        run = store.start_run("scan", {"paths": ["a"]}, "fast", "state-1")
-        store.record_items(
+        run = store.history.start("scan", {"paths": ["a"]}, "fast", "state-1")
+        store.history.record(
             run,
             [
-                RecordedItem("a.jpg", "s1", "ok", None, 1, 2, (copy,)),
-                RecordedItem("b.jpg", None, "error", "CorruptImage: x", None, None, ()),
-                RecordedItem(
+                _item("a.jpg", "s1", "ok", None, 1, 2, (copy,)),
+                _item("b.jpg", None, "error", "CorruptImage: x", None, None, ()),
+                _item(
                     "c.jpg",
                     "s3",
                     "ok",
                     None,
                     5,
                     6,
-                    (RecordedMatch(cid, "/cat/1.jpg", None, 9, 0.5, 0.2, "none"),),
+                    (Match(cid, "/cat/1.jpg", None, 9, 0.5, 0.2, "none"),),
                 ),
             ],
         )
-        assert store.run(run).status == "running" and store.run().id == run
-        store.finish_run(run)
+        assert store.history.run(run).status == "running" and store.history.run().id == run
+        store.history.finish(run)
         row = store.conn.execute("SELECT items, errors, matched, finished_at, status FROM runs").fetchone()
         assert row[:3] == (3, 1, 1) and row[3] and row[4] == "finished"
         assert store.stats().runs == 1
-        a = store.recorded_item(store.reusable_items(["s1"], "state-1")["s1"])
+        a = store.history.item(store.history.reusable_items(["s1"], "state-1")["s1"])
         assert a.matches == (copy,) and a.phash == 1  # regions survive the JSON round trip
-        assert store.reusable_items(["s1", "s3", "zz"], "other state") == {}
-        assert set(store.reusable_items(["s1", "s3", "zz"], "state-1")) == {"s1", "s3"}
+        assert store.history.reusable_items(["s1", "s3", "zz"], "other state") == {}
+        assert set(store.history.reusable_items(["s1", "s3", "zz"], "state-1")) == {"s1", "s3"}
 
 
 def test_report_marks_pairs_no_earlier_run_flagged_as_new(tmp_path):
     with _open(tmp_path / "c.db") as store:
-        c1, c2 = store.add_catalog_images([_image(1, 1), _image(2, 2)])
+        c1, c2 = store.catalog.add([_image(1, 1), _image(2, 2)])
 
-        def flagged(cid: int, score: float) -> RecordedMatch:
-            return RecordedMatch(cid, f"/cat/{cid}.jpg", "Owner", 2, 0.9, score, "copy")
+        def flagged(cid: int, score: float) -> Match:
+            return Match(cid, f"/cat/{cid}.jpg", "Owner", 2, 0.9, score, "copy")
 
-        first = store.start_run("scan", {}, "fast", "s")
-        store.record_items(first, [RecordedItem("x.jpg", "sx", "ok", None, 1, 1, (flagged(c1, 0.9),))])
-        store.finish_run(first)
-        second = store.start_run("scan", {}, "fast", "s")
-        store.record_items(
+        first = store.history.start("scan", {}, "fast", "s")
+        store.history.record(first, [_item("x.jpg", "sx", "ok", None, 1, 1, (flagged(c1, 0.9),))])
+        store.history.finish(first)
+        second = store.history.start("scan", {}, "fast", "s")
+        store.history.record(
             second,
             [
-                RecordedItem("renamed-x.jpg", "sx", "ok", None, 1, 1, (flagged(c1, 0.9), flagged(c2, 0.6))),
-                RecordedItem("y.jpg", "sy", "ok", None, 1, 1, (flagged(c1, 0.95),)),
+                _item("renamed-x.jpg", "sx", "ok", None, 1, 1, (flagged(c1, 0.9), flagged(c2, 0.6))),
+                _item("y.jpg", "sy", "ok", None, 1, 1, (flagged(c1, 0.95),)),
             ],
         )
-        store.finish_run(second)
-        report = store.load_report()
+        store.history.finish(second)
+        report = store.reports.load()
         assert report.run.id == second and report.previous_run == first
-        assert [(r.query_path, r.catalog_id, r.new) for r in report.rows] == [
+        assert [(r.query_path, r.match.catalog_id, r.new) for r in report.rows] == [
             ("y.jpg", c1, True),
             ("renamed-x.jpg", c1, False),  # same content, same catalog image: seen before
             ("renamed-x.jpg", c2, True),
         ]
-        assert [r.query_path for r in store.load_report(second, new_only=True).rows] == [
+        assert [r.query_path for r in store.reports.load(second, new_only=True).rows] == [
             "y.jpg",
             "renamed-x.jpg",
         ]
-        assert [r.new for r in store.load_report(first).rows] == [True]
+        assert [r.new for r in store.reports.load(first).rows] == [True]
 
 
 def test_catalog_generation_changes_with_every_add_and_remove(tmp_path):
     with _open(tmp_path / "c.db") as store:
-        g0 = store.catalog_generation()
-        (cid,) = store.add_catalog_images([_image(1, 1)])
-        g1 = store.catalog_generation()
-        store.add_catalog_images([_image(1, 1)])  # known content: nothing changes
-        assert store.catalog_generation() == g1 > g0
-        store.remove_catalog(ids=[cid])
-        assert store.catalog_generation() > g1
+        g0 = store.catalog.generation()
+        (cid,) = store.catalog.add([_image(1, 1)])
+        g1 = store.catalog.generation()
+        store.catalog.add([_image(1, 1)])  # known content: nothing changes
+        assert store.catalog.generation() == g1 > g0
+        store.catalog.remove(ids=[cid])
+        assert store.catalog.generation() > g1
 
 
 def test_runs_left_running_are_marked_killed_and_can_be_reopened(tmp_path):
     with _open(tmp_path / "c.db") as store:
-        run = store.start_run("scan", {"paths": ["a"]})
-        store.record_items(run, [RecordedItem("a.jpg", "s1", "ok", None, 1, 2, ())])
-        assert store.mark_killed() == [run] and store.run(run).status == "killed"
-        assert store.scanned_paths(run) == {"a.jpg"}
-        store.reopen_run(run)
-        assert store.run(run).status == "running"
-        store.finish_run(run, "interrupted")
-        assert store.run(run).status == "interrupted" and store.runs()[0].items == 1
+        run = store.history.start("scan", {"paths": ["a"]})
+        store.history.record(run, [_item("a.jpg", "s1", "ok", None, 1, 2, ())])
+        assert store.history.mark_killed() == [run] and store.history.run(run).status == "killed"
+        assert store.history.scanned_paths(run) == {"a.jpg"}
+        store.history.reopen(run)
+        assert store.history.run(run).status == "running"
+        store.history.finish(run, "interrupted")
+        assert store.history.run(run).status == "interrupted" and store.history.runs()[0].items == 1
 
 
 def test_variant_codes_are_loaded_with_their_image_and_removed_with_it(tmp_path):
     with _open(tmp_path / "c.db") as store:
         im = _image(1, 0xABCD)
         with_variant = NewCatalogImage(**{**im.__dict__, "variants": (("trim", to_sqlite(2**63 + 5), 7),)})
-        (cid,) = store.add_catalog_images([with_variant])
-        (other,) = store.add_catalog_images([_image(2, 0x1234)])
-        ids, phash, _ = store.load_codes()
+        (cid,) = store.catalog.add([with_variant])
+        (other,) = store.catalog.add([_image(2, 0x1234)])
+        ids, phash, _ = store.catalog.codes()
         assert ids.tolist() == [cid, cid, other]
         assert sorted(phash[:2].tolist()) == [0xABCD, 2**63 + 5]
-        assert store.add_catalog_images([with_variant]) == [cid]  # same content: no second variant
-        assert len(store.load_codes()[0]) == 3
-        store.remove_catalog(ids=[cid])
-        assert store.load_codes()[0].tolist() == [other]
+        assert store.catalog.add([with_variant]) == [cid]  # same content: no second variant
+        assert len(store.catalog.codes()[0]) == 3
+        store.catalog.remove(ids=[cid])
+        assert store.catalog.codes()[0].tolist() == [other]
         assert store.conn.execute("SELECT count(*) FROM codes").fetchone()[0] == 0
 
 
 def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
-    from detector.storage.store import MIGRATIONS
+    from detector.storage.schema import MIGRATIONS
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
@@ -263,35 +270,35 @@ def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
     conn.close()
     with _open(path) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
-        ids, phash, _ = store.load_codes()
+        ids, phash, _ = store.catalog.codes()
         plan = store.conn.execute("EXPLAIN QUERY PLAN SELECT id, phash, dhash FROM catalog").fetchall()
         assert "COVERING INDEX catalog_codes" in plan[0][-1]  # the descriptors are not read
         assert phash.tolist() == [2**64 - 1] and len(ids) == 1
         assert {"codes", "settings", "checks", "rehash_codes"} <= set(store.db.table_names())
-        (entry,) = store.list_catalog()
-        assert entry.path == "/old.jpg" and store.catalog_generation() == 0
+        (entry,) = store.catalog.list()
+        assert entry.path == "/old.jpg" and store.catalog.generation() == 0
 
 
 def test_checks_wait_for_a_decision_and_external_ids_remove_images(tmp_path):
-    from detector.storage.store import NewCheck
+    from detector.storage.checks import NewCheck
 
     with _open(tmp_path / "c.db") as store:
         im = _image(1, 1)
-        (cid,) = store.add_catalog_images([NewCatalogImage(**{**im.__dict__, "external_id": "L-1"})])
-        assert store.external_ids([cid]) == {cid: "L-1"}
-        flagged = store.record_check(NewCheck("s1", "up.jpg", "/u/s1", "ok", None, "copy", {"matches": [1]}))
-        clean = store.record_check(NewCheck("s2", None, None, "ok", None, "none", {"matches": []}))
-        assert [c.id for c in store.checks()] == [flagged]
-        assert [c.id for c in store.checks(flagged_only=False)] == [clean, flagged]
-        decided = store.decide(flagged, "confirmed", "same photo")
+        (cid,) = store.catalog.add([NewCatalogImage(**{**im.__dict__, "external_id": "L-1"})])
+        assert store.catalog.external_ids([cid]) == {cid: "L-1"}
+        flagged = store.checks.record(NewCheck("s1", "up.jpg", "/u/s1", "ok", None, "copy", {"matches": [1]}))
+        clean = store.checks.record(NewCheck("s2", None, None, "ok", None, "none", {"matches": []}))
+        assert [c.id for c in store.checks.recent()] == [flagged]
+        assert [c.id for c in store.checks.recent(flagged_only=False)] == [clean, flagged]
+        decided = store.checks.decide(flagged, "confirmed", "same photo")
         assert (decided.decision, decided.note, decided.result) == (
             "confirmed",
             "same photo",
             {"matches": [1]},
         )
         with pytest.raises(ValueError):
-            store.decide(flagged, "perhaps")
+            store.checks.decide(flagged, "perhaps")
         with pytest.raises(NotFound):
-            store.decide(999, "dismissed")
-        assert store.remove_catalog(external_ids=["nope"]) == 0
-        assert store.remove_catalog(external_ids=["L-1"]) == 1 and store.stats().images == 0
+            store.checks.decide(999, "dismissed")
+        assert store.catalog.remove(external_ids=["nope"]) == 0
+        assert store.catalog.remove(external_ids=["L-1"]) == 1 and store.stats().images == 0

@@ -79,7 +79,7 @@ def test_a_blurred_thumbnail_meets_its_original_degraded_alike(thumbs, models):
 def test_catalog_sift_is_computed_once_per_factor_and_empty_for_a_lost_file(thumbs, models, tmp_path):
     store, _, _ = thumbs
     scanner = Scanner(store, models, models.settings, mode=THOROUGH)
-    entry = next(iter(store.list_catalog()))
+    entry = next(iter(store.catalog.list()))
     first = scanner._catalog_sift(entry.id, entry.path, (1, 2, 3))
     assert len(first) == 3 and all(f.descriptors.shape[1] == 128 for f in first)
     assert len(first[2].points) < len(first[0].points)  # a blurred image holds fewer keypoints

@@ -128,7 +128,7 @@ def test_catalog_add_with_workers_stores_content_seen_twice_once(inputs, models,
     assert [r.status for r in results].count(ADDED) == 14
     assert (results[4].status, results[5].status) == (KNOWN, KNOWN)
     assert (results[4].catalog_id, results[5].catalog_id) == (results[0].catalog_id, results[1].catalog_id)
-    assert len(list(store.list_catalog())) == 14
+    assert len(list(store.catalog.list())) == 14
 
 
 def test_a_scan_with_workers_equals_one_without(inputs, models, tmp_path, catalog_dir):

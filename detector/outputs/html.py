@@ -30,7 +30,8 @@ from PIL import Image
 from detector.config import Settings
 from detector.errors import ImageError, ReportError
 from detector.intake.loader import load_image
-from detector.outputs.report import Region, Report, ReportRow
+from detector.outputs.report import Report, ReportRow
+from detector.records import Region
 
 THUMB_DIR = "thumbs"
 THUMB_SIDE = 240  # longer side of a thumbnail, pixels
@@ -160,13 +161,13 @@ def group_rows(rows: Iterable[ReportRow]) -> list[CatalogGroup]:
     rows in a group by score, then query path (both best first)."""
     by_catalog: dict[int, list[ReportRow]] = {}
     for row in rows:
-        by_catalog.setdefault(row.catalog_id, []).append(row)
+        by_catalog.setdefault(row.match.catalog_id, []).append(row)
     groups = []
     for catalog_id, members in by_catalog.items():
-        members.sort(key=lambda r: (-r.score, r.query_path, r.item_id))
+        members.sort(key=lambda r: (-r.match.score, r.query_path, r.item_id))
         first = members[0]
-        groups.append(CatalogGroup(catalog_id, first.catalog_path, first.owner, tuple(members)))
-    groups.sort(key=lambda g: (-g.rows[0].score, g.catalog_path, g.catalog_id))
+        groups.append(CatalogGroup(catalog_id, first.match.catalog_path, first.match.owner, tuple(members)))
+    groups.sort(key=lambda g: (-g.rows[0].match.score, g.catalog_path, g.catalog_id))
     return groups
 
 
@@ -232,7 +233,7 @@ def _attrs(pairs: dict[str, object]) -> str:
 def _header(report: Report, n_groups: int) -> str:
     run = report.run
     rows = report.rows
-    copies = sum(r.verdict == "copy" for r in rows)
+    copies = sum(r.match.verdict == "copy" for r in rows)
     facts: list[tuple[str, object]] = [
         ("run", run.id),
         ("command", run.command),
@@ -288,10 +289,10 @@ def _controls(rows: tuple[ReportRow, ...]) -> str:
     verdict_opts = '<option value="">all</option>' + "".join(
         f'<option value="{v}">{v}</option>' for v in VERDICTS
     )
-    owners = sorted({r.owner for r in rows if r.owner is not None})
+    owners = sorted({r.match.owner for r in rows if r.match.owner is not None})
     # Values carry a leading '=' so that an owner named like the 'all' choice stays distinct.
     owner_opts = ['<option value="">all</option>']
-    if any(r.owner is None for r in rows):
+    if any(r.match.owner is None for r in rows):
         owner_opts.append('<option value="=">(no owner)</option>')
     owner_opts += [f'<option value="={_e(o)}">{_e(o)}</option>' for o in owners]
     return (
@@ -308,7 +309,7 @@ def _controls(rows: tuple[ReportRow, ...]) -> str:
 
 def _group(group: CatalogGroup, writer: ThumbWriter) -> str:
     catalog = writer.thumb(group.catalog_path, f"c-{int(group.catalog_id)}.jpg")
-    verdicts = [r.verdict for r in group.rows]
+    verdicts = [r.match.verdict for r in group.rows]
     n_copy = verdicts.count("copy")
     summary = f"{len(verdicts)} flagged: {n_copy} copy, {len(verdicts) - n_copy} near-duplicate"
     attrs = _attrs(
@@ -336,43 +337,43 @@ def _match(row: ReportRow, catalog: Thumb, writer: ThumbWriter) -> str:
     attrs = _attrs(
         {
             "class": "match",
-            "data-catalog-id": row.catalog_id,
-            "data-catalog": row.catalog_path,
+            "data-catalog-id": row.match.catalog_id,
+            "data-catalog": row.match.catalog_path,
             "data-item-id": row.item_id,
             "data-query": row.query_path,
-            "data-score": repr(float(row.score)),
-            "data-verdict": row.verdict,
-            "data-owner": row.owner or "",
+            "data-score": repr(float(row.match.score)),
+            "data-verdict": row.match.verdict,
+            "data-owner": row.match.owner or "",
             "data-scanned-at": row.scanned_at,
             "data-new": "1" if row.new else "0",
         }
     )
-    verdict_class = f"verdict-{row.verdict}" if row.verdict in VERDICTS else "verdict-other"
+    verdict_class = f"verdict-{row.match.verdict}" if row.match.verdict in VERDICTS else "verdict-other"
     badge = ' <span class="badge">new</span>' if row.new else ""
     stage1 = (
-        f"cosine {_num(row.cosine, '.3f')} · Hamming {_num(row.hamming, 'd')}"
-        if row.cosine is not None or row.hamming is not None
+        f"cosine {_num(row.match.cosine, '.3f')} · Hamming {_num(row.match.hamming, 'd')}"
+        if row.match.cosine is not None or row.match.hamming is not None
         else "—"
     )
     facts = [
         (
             "score",
-            f'<span class="score">{row.score:.3f}</span> '
-            f'<span class="verdict {verdict_class}">{_e(row.verdict)}</span>{badge}',
+            f'<span class="score">{row.match.score:.3f}</span> '
+            f'<span class="verdict {verdict_class}">{_e(row.match.verdict)}</span>{badge}',
         ),
         ("found at", f'<span class="path query-path">{_e(row.query_path)}</span>'),
         ("scanned", f"<time>{_e(row.scanned_at)}</time>"),
-        ("owner", _owner(row.owner)),
-        ("transform", _e(row.transform or "—")),
-        ("inliers", _e(_num(row.inliers, "d"))),
+        ("owner", _owner(row.match.owner)),
+        ("transform", _e(row.match.transform or "—")),
+        ("inliers", _e(_num(row.match.inliers, "d"))),
         ("similarity", _e(stage1)),
     ]
     dl = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
     return (
         f"<li{attrs}>\n"
         '<div class="pair">'
-        f"<figure>{_thumb(query, row.query_region, 'copy')}<figcaption>copy</figcaption></figure>"
-        f"<figure>{_thumb(catalog, row.catalog_region, 'catalog image')}"
+        f"<figure>{_thumb(query, row.match.query_region, 'copy')}<figcaption>copy</figcaption></figure>"
+        f"<figure>{_thumb(catalog, row.match.catalog_region, 'catalog image')}"
         "<figcaption>catalog</figcaption></figure>"
         "</div>\n"
         f'<dl class="facts">{dl}</dl>\n</li>'

@@ -1,15 +1,13 @@
-"""Turning results into output records: the JSON Lines record of the command-line contract,
-CSV rows with formula cells neutralised, and plain-text table lines; and the infringement
-report (:class:`~detector.outputs.report.Report`) as CSV or JSON. Nothing here prints."""
+"""Turning scan results into output records: the JSON Lines record of the command-line
+contract, CSV rows with formula cells neutralised, and plain-text table lines. Nothing here
+prints."""
 
 from __future__ import annotations
 
-import csv
 import json
-from typing import Any, TextIO
+from typing import Any
 
-from detector.outputs.report import Region, Report, ReportRow
-from detector.scoring import Match, ScanResult
+from detector.records import Match, Region, ScanResult
 
 CSV_COLUMNS = (
     "query",
@@ -108,118 +106,8 @@ def table_lines(r: ScanResult) -> list[str]:
     return lines
 
 
-def outcome(r: ScanResult) -> str:
-    """One word for a query's outcome, for summaries: 'error', 'copy', 'near-duplicate' or
-    'no match' (by its best match)."""
-    if r.status == "error":
-        return "error"
-    return r.matches[0].verdict if r.flagged else "no match"
-
-
-REPORT_CSV_COLUMNS = (
-    "run_id",
-    "scanned_at",
-    "query_path",
-    "query_sha256",
-    "catalog_id",
-    "catalog_path",
-    "owner",
-    "score",
-    "verdict",
-    "cosine",
-    "hamming",
-    "transform",
-    "inliers",
-    "new",
-    "query_region",
-    "catalog_region",
-)
-
-
-def report_csv(report: Report, out: TextIO) -> None:
-    """Write ``report`` to ``out`` as CSV: a header of ``REPORT_CSV_COLUMNS``, then one row
-    per flagged pair. Text cells go through :func:`safe_cell`; ``new`` is ``true``/``false``;
-    regions are compact JSON ``[[x, y], ...]`` (fractions of the image, 4 decimals) or empty."""
-    writer = csv.writer(out)
-    writer.writerow(REPORT_CSV_COLUMNS)
-    writer.writerows(report_csv_row(row) for row in report.rows)
-
-
-def report_csv_row(row: ReportRow) -> list[str]:
-    """One pair as cells for ``REPORT_CSV_COLUMNS``."""
-    return [
-        str(row.run_id),
-        safe_cell(row.scanned_at),
-        safe_cell(row.query_path),
-        safe_cell(row.query_sha256),
-        str(row.catalog_id),
-        safe_cell(row.catalog_path),
-        safe_cell(row.owner),
-        f"{row.score:.4f}",
-        safe_cell(row.verdict),
-        "" if row.cosine is None else f"{row.cosine:.4f}",
-        "" if row.hamming is None else str(row.hamming),
-        safe_cell(row.transform),
-        "" if row.inliers is None else str(row.inliers),
-        "true" if row.new else "false",
-        safe_cell(_region_json(row.query_region)),
-        safe_cell(_region_json(row.catalog_region)),
-    ]
-
-
-def _region_json(region: Region | None) -> str | None:
+def region_text(region: Region | None) -> str | None:
+    """A polygon as compact JSON text ``[[x, y], ...]`` (4 decimals), or None."""
     if region is None:
         return None
     return json.dumps([[round(x, 4), round(y, 4)] for x, y in region], separators=(",", ":"))
-
-
-def report_json(report: Report) -> dict[str, Any]:
-    """``report`` as JSON-ready data: ``{"run": {...RunInfo fields}, "generated_at",
-    "new_only", "previous_run", "rows": [{...ReportRow fields}]}``, regions as lists of
-    ``[x, y]`` (or null), rows in the report's order."""
-    run = report.run
-    return {
-        "run": {
-            "id": run.id,
-            "command": run.command,
-            "args": run.args,
-            "started_at": run.started_at,
-            "finished_at": run.finished_at,
-            "status": run.status,
-            "mode": run.mode,
-            "items": run.items,
-            "errors": run.errors,
-            "matched": run.matched,
-        },
-        "generated_at": report.generated_at,
-        "new_only": report.new_only,
-        "previous_run": report.previous_run,
-        "rows": [report_row_record(row) for row in report.rows],
-    }
-
-
-def report_row_record(row: ReportRow) -> dict[str, Any]:
-    """One flagged pair as a JSON-ready dict with every :class:`ReportRow` field."""
-    return {
-        "run_id": row.run_id,
-        "item_id": row.item_id,
-        "query_path": row.query_path,
-        "query_sha256": row.query_sha256,
-        "scanned_at": row.scanned_at,
-        "catalog_id": row.catalog_id,
-        "catalog_path": row.catalog_path,
-        "owner": row.owner,
-        "score": row.score,
-        "verdict": row.verdict,
-        "cosine": row.cosine,
-        "hamming": row.hamming,
-        "transform": row.transform,
-        "inliers": row.inliers,
-        "query_region": _region_list(row.query_region),
-        "catalog_region": _region_list(row.catalog_region),
-        "new": row.new,
-    }
-
-
-def _region_list(region: Region | None) -> list[list[float]] | None:
-    return None if region is None else [[x, y] for x, y in region]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from detector.storage.store import CheckRecord
+from detector.storage.checks import CheckRecord
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px 24px;background:#f6f6f4;color:#222}

@@ -26,12 +26,14 @@ from detector.errors import ImageError
 from detector.intake.loader import content_hash, load_image, read_bytes
 from detector.intake.prepare import Models, Prepared, prepare_bytes
 from detector.intake.workers import prepared_batches
-from detector.scoring import Evidence, Match, ScanResult, rerank
-from detector.stage1.hashing import dihedral_image, from_sqlite, to_sqlite, undo_dihedral_points
+from detector.records import Match, ScanResult
+from detector.scoring import Evidence, rerank
+from detector.stage1.hashing import dihedral_image, undo_dihedral_points
 from detector.stage1.index import Candidate, HammingIndex, ProbeDistances
 from detector.stage2.embedding import EMBEDDING_DIM, degraded, fine_detail, from_blobs
 from detector.stage3.keypoints import Features, features, sift_features, verify, verify_grey
-from detector.storage.store import CatalogEntry, RecordedItem, RecordedMatch, Store
+from detector.storage.catalog import CatalogEntry, CatalogTable
+from detector.storage.store import Store
 
 FAST = "fast"
 THOROUGH = "thorough"
@@ -50,7 +52,7 @@ class CatalogSnapshot:
     scanner can run where the database is not (a worker of a distributed scan).
 
     ``ids``: (n,) int64 catalog ids, an id once per code; ``phash``, ``dhash``: (n,) uint64
-    codes; ``entries``: every catalog entry by id; ``vector_ids``: (m,) int64 ascending and
+    codes; ``by_id``: every catalog entry by id; ``vector_ids``: (m,) int64 ascending and
     ``vectors``: (m, 1280) float16 descriptors as stored (about 2.5 kB per catalog image).
     ``generation``, ``hidden``, ``hasher``, ``embedder``: what the scan state fingerprints.
     Catalog ids in ``hidden`` are left out of every array."""
@@ -62,7 +64,7 @@ class CatalogSnapshot:
     ids: np.ndarray
     phash: np.ndarray
     dhash: np.ndarray
-    entries: dict[int, CatalogEntry]
+    by_id: dict[int, CatalogEntry]
     vector_ids: np.ndarray
     vectors: np.ndarray
 
@@ -71,10 +73,10 @@ class CatalogSnapshot:
         """The catalog of ``store`` as it is now, read in one read transaction."""
         hidden = np.array(sorted(exclude), dtype=np.int64)
         with store.snapshot():
-            generation = store.catalog_generation()
-            ids, phash, dhash = store.load_codes()
-            vector_ids, blobs = store.all_embedding_blobs()
-            entries = {e.id: e for e in store.list_catalog()}
+            generation = store.catalog.generation()
+            ids, phash, dhash = store.catalog.codes()
+            vector_ids, blobs = store.catalog.all_embedding_blobs()
+            entries = {e.id: e for e in store.catalog.list()}
         for cid in hidden.tolist():
             entries.pop(cid, None)
         keep = ~np.isin(ids, hidden)
@@ -89,17 +91,17 @@ class CatalogSnapshot:
             ids=ids[keep],
             phash=phash[keep],
             dhash=dhash[keep],
-            entries=entries,
+            by_id=entries,
             vector_ids=vector_ids[kept],
             vectors=vectors,
         )
 
-    def catalog_entries(self, ids: Sequence[int]) -> dict[int, CatalogEntry]:
-        """Catalog entries by id (missing ids are left out), as :meth:`Store.catalog_entries`."""
-        return {int(i): self.entries[int(i)] for i in ids if int(i) in self.entries}
+    def entries(self, ids: Sequence[int]) -> dict[int, CatalogEntry]:
+        """Catalog entries by id (missing ids are left out), as :meth:`CatalogTable.entries`."""
+        return {int(i): self.by_id[int(i)] for i in ids if int(i) in self.by_id}
 
     def embedding_blobs(self, ids: Sequence[int]) -> dict[int, bytes]:
-        """Stored descriptors of the given catalog ids, as :meth:`Store.embedding_blobs`."""
+        """Stored descriptors of the given catalog ids, as :meth:`CatalogTable.embedding_blobs`."""
         rows = np.searchsorted(self.vector_ids, ids)
         return {
             int(cid): self.vectors[r].tobytes()
@@ -128,6 +130,9 @@ class Scanner:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.catalog = store
+        self._view: CatalogTable | CatalogSnapshot = (
+            store if isinstance(store, CatalogSnapshot) else store.catalog
+        )
         self.models = models
         self.settings = settings
         self.mode = mode
@@ -146,12 +151,12 @@ class Scanner:
         else:
             hidden = np.array(sorted(exclude), dtype=np.int64)
             with store.snapshot():  # codes and descriptors from the same catalog state
-                generation = store.catalog_generation()
-                ids, phash, dhash = store.load_codes()
+                generation = store.catalog.generation()
+                ids, phash, dhash = store.catalog.codes()
                 keep = ~np.isin(ids, hidden)
                 self.index = HammingIndex(ids[keep], phash[keep], dhash[keep])
                 if mode == THOROUGH:
-                    ids, blobs = store.all_embedding_blobs()
+                    ids, blobs = store.catalog.all_embedding_blobs()
                     keep = ~np.isin(ids, hidden)
                     self._matrix_ids = ids[keep]
                     self._matrix = from_blobs([b for b, k in zip(blobs, keep, strict=True) if k])
@@ -182,7 +187,7 @@ class Scanner:
         reusable: dict[str, int] = {}
 
         def known(digests: Sequence[str]) -> dict[str, int]:
-            reusable.update(self.store.reusable_items(digests, self.state))
+            reusable.update(self.store.history.reusable_items(digests, self.state))
             return reusable
 
         for prepared in prepared_batches(paths, self.settings, known=known if reuse else None):
@@ -197,21 +202,13 @@ class Scanner:
 
     def record(self, run_id: int, results: Sequence[ScanResult]) -> None:
         """Store one batch of results in the scan history of run ``run_id``, in one transaction."""
-        self.store.record_items(run_id, [_recorded(r) for r in results])
+        self.store.history.record(run_id, results)
 
     def repeat(self, path: str, sha256: str, item_id: int) -> ScanResult:
         """The stored result of an earlier scan of the same content (item ``item_id``),
         under this path."""
-        item = self.store.recorded_item(item_id)
-        return ScanResult(
-            query=path,
-            status="ok",
-            matches=tuple(_match(m) for m in item.matches),
-            sha256=sha256,
-            phash=None if item.phash is None else from_sqlite(item.phash),
-            dhash=None if item.dhash is None else from_sqlite(item.dhash),
-            reused_from=item_id,
-        )
+        item = self.store.history.item(item_id)
+        return dataclasses.replace(item, query=path, sha256=sha256, status="ok", error=None)
 
     def scan_prepared(self, prepared: Sequence[Prepared]) -> list[ScanResult]:
         """Stages 1 and 2 for a batch of prepared queries, one result each, in order."""
@@ -233,7 +230,7 @@ class Scanner:
                 candidates[i] = self._add_neighbours(candidates[i], vec, prepared[i], distances[i])
             vecs = self._query_vectors(prepared, need_cnn, candidates, vecs)
         wanted = sorted({c.catalog_id for i in need_cnn for c in candidates[i]})
-        entries = self.catalog.catalog_entries(wanted)
+        entries = self._view.entries(wanted)
         catalog_vecs = self._catalog_vectors(wanted)
         ranked_all = s.replace(min_score=0.0, top_k=s.max_candidates + s.neighbours)
         results = []
@@ -443,7 +440,7 @@ class Scanner:
                 for cid, r in zip(ids, rows, strict=True)
                 if r < len(self._matrix_ids) and self._matrix_ids[r] == cid
             }
-        blobs = self.catalog.embedding_blobs(ids)
+        blobs = self._view.embedding_blobs(ids)
         return dict(zip(blobs, from_blobs(list(blobs.values())), strict=True))
 
     def _rivals(
@@ -524,47 +521,3 @@ def scan_state(
     values.pop("jobs")
     blob = json.dumps([values, mode, generation, list(hidden), hasher, embedder, __version__], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _recorded(r: ScanResult) -> RecordedItem:
-    return RecordedItem(
-        path=r.query,
-        sha256=r.sha256,
-        status=r.status,
-        error=r.error,
-        phash=to_sqlite(r.phash) if r.phash is not None else None,
-        dhash=to_sqlite(r.dhash) if r.dhash is not None else None,
-        matches=tuple(
-            RecordedMatch(
-                catalog_id=m.catalog_id,
-                catalog_path=m.catalog_path,
-                owner=m.owner,
-                hamming=m.hamming,
-                cosine=m.cosine,
-                score=m.score,
-                verdict=m.verdict,
-                transform=m.transform,
-                inliers=m.inliers,
-                query_region=m.query_region,
-                catalog_region=m.catalog_region,
-            )
-            for m in r.matches
-        ),
-        reused_from=r.reused_from,
-    )
-
-
-def _match(m: RecordedMatch) -> Match:
-    return Match(
-        catalog_id=m.catalog_id,
-        catalog_path=m.catalog_path,
-        owner=m.owner,
-        hamming=int(m.hamming or 0),
-        cosine=float(m.cosine or 0.0),
-        score=m.score,
-        verdict=m.verdict,
-        transform=m.transform or "identity",
-        inliers=m.inliers,
-        query_region=m.query_region,
-        catalog_region=m.catalog_region,
-    )

@@ -39,10 +39,11 @@ from detector.intake.loader import load_image
 from detector.intake.prepare import Models, prepare_bytes
 from detector.outputs.records import scan_record
 from detector.outputs.review_page import render_review
+from detector.records import NONE, ScanResult
 from detector.scan.scanner import FAST, MODES, Scanner
-from detector.scoring import NONE, ScanResult
+from detector.storage.checks import CheckRecord, NewCheck
 from detector.storage.locking import DatabaseLock, Locked
-from detector.storage.store import CheckRecord, NewCheck, Store
+from detector.storage.store import Store
 from detector.tasks.cataloging import ERROR, add_to_catalog
 
 MAX_UPLOAD_BYTES = 20_000_000  # default request body cap
@@ -92,7 +93,7 @@ class Engine:
 
     def scanner(self, mode: str) -> Scanner:
         """The scanner of ``mode``, rebuilt when the catalog changed since it was loaded."""
-        generation = self.store.catalog_generation()
+        generation = self.store.catalog.generation()
         found = self._scanners.get(mode)
         if found is None or found.generation != generation:
             found = Scanner(self.store, self.models, self.settings, mode=mode)
@@ -116,7 +117,7 @@ class Engine:
             if record:
                 kept = self._keep(self.uploads, digest, upload.data)[0] if result.flagged else None
                 best = result.matches[0].verdict if result.matches else NONE
-                record_json["check_id"] = self.store.record_check(
+                record_json["check_id"] = self.store.checks.record(
                     NewCheck(digest, upload.name or None, kept, result.status, None, best, record_json)
                 )
             return record_json
@@ -144,7 +145,7 @@ class Engine:
         with self.lock:
             try:
                 with DatabaseLock(self.db, "serve: catalog remove", wait=_LOCK_WAIT_S):
-                    removed = self.store.remove_catalog(
+                    removed = self.store.catalog.remove(
                         ids=[catalog_id] if catalog_id is not None else [],
                         external_ids=[external_id] if external_id is not None else [],
                     )
@@ -166,7 +167,7 @@ class Engine:
             return {
                 "catalog_images": s.images,
                 "owners": s.owners,
-                "catalog_generation": self.store.catalog_generation(),
+                "catalog_generation": self.store.catalog.generation(),
                 "checks": counts,
                 "checks_served": self.served,
                 "uptime_s": round(time.monotonic() - self.started, 1),
@@ -177,12 +178,12 @@ class Engine:
 
     def checks(self, limit: int, flagged_only: bool) -> list[CheckRecord]:
         with self.lock:
-            return self.store.checks(limit, flagged_only)
+            return self.store.checks.recent(limit, flagged_only)
 
     def decide(self, check_id: int, decision: str, note: str | None) -> CheckRecord:
         with self.lock:
             try:
-                return self.store.decide(check_id, decision, note)
+                return self.store.checks.decide(check_id, decision, note)
             except ValueError as e:
                 raise ClientError(422, str(e)) from e
 
@@ -193,13 +194,13 @@ class Engine:
         with self.lock:
             path: str | None
             if kind == "check":
-                path = self.store.check(key).upload_path
+                path = self.store.checks.get(key).upload_path
             elif kind == "match":
-                matches = self.store.check(key).result.get("matches") or [{}]
+                matches = self.store.checks.get(key).result.get("matches") or [{}]
                 found = matches[0].get("catalog_path") if isinstance(matches[0], dict) else None
                 path = found if isinstance(found, str) else None
             else:
-                entry = self.store.catalog_entries([key]).get(key)
+                entry = self.store.catalog.entries([key]).get(key)
                 path = entry.path if entry else None
             if not path:
                 raise ClientError(404, "no image kept for it")
@@ -221,7 +222,7 @@ class Engine:
 
     def _record(self, result: ScanResult) -> dict[str, Any]:
         record = scan_record(result)
-        external = self.store.external_ids([m.catalog_id for m in result.matches])
+        external = self.store.catalog.external_ids([m.catalog_id for m in result.matches])
         for m in record["matches"]:
             m["external_id"] = external.get(m["catalog_id"])
         return record

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from detector.outputs.report import Region
+from detector.records import Region
 
 VERIFY_SIDE = 512  # pixels: keypoints are found on images no longer than this
 _MIN_SIDE = 320  # smaller images are enlarged to this first: ORB finds few points in thumbnails

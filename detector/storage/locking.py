@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from detector.errors import StoreError
-from detector.storage.store import utc_now
+from detector.storage.sql import utc_now
 
 _POLL_S = 0.2
 

@@ -12,7 +12,8 @@ from detector.intake.prepare import Models, Prepared
 from detector.intake.workers import prepared_batches
 from detector.stage1.hashing import to_sqlite
 from detector.stage2.embedding import to_blob
-from detector.storage.store import NewCatalogImage, Store
+from detector.storage.catalog import NewCatalogImage
+from detector.storage.store import Store
 
 ADDED = "added"
 KNOWN = "known"
@@ -43,8 +44,8 @@ def add_to_catalog(
     # Content is looked up per batch so a killed-and-rerun job skips finished work: when the
     # batch is read (before decoding), and again before it is stored, since the batches read
     # ahead were looked up before the ones ahead of them were stored.
-    for prepared in prepared_batches(paths, settings, known=store.known_sha256, catalog=True):
-        known = store.known_sha256([p.sha256 for p in prepared if p.sha256])
+    for prepared in prepared_batches(paths, settings, known=store.catalog.known, catalog=True):
+        known = store.catalog.known([p.sha256 for p in prepared if p.sha256])
         prepared = [_skip(p) if p.ok and p.sha256 in known else p for p in prepared]
         fresh = [p for p in prepared if p.ok]
         # The same content twice in one batch is embedded once.
@@ -68,7 +69,7 @@ def add_to_catalog(
             for p, vec in zip(first.values(), vecs, strict=True)
             if p.codes is not None
         ]
-        ids = dict(zip((r.sha256 for r in rows), store.add_catalog_images(rows), strict=True))
+        ids = dict(zip((r.sha256 for r in rows), store.catalog.add(rows), strict=True))
         seen: set[str] = set()
         for p in prepared:
             if p.error is not None:

@@ -12,7 +12,8 @@ import numpy as np
 from detector.config import Settings
 from detector.intake.prepare import Models, Prepared
 from detector.intake.workers import prepared_batches
-from detector.scoring import NONE, score, verdict
+from detector.records import NONE
+from detector.scoring import score, verdict
 from detector.stage1.hashing import Probe
 from detector.stage1.index import HammingIndex
 

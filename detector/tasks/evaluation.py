@@ -29,8 +29,8 @@ from detector.errors import ImageError
 from detector.intake.loader import load_image
 from detector.intake.prepare import Models
 from detector.intake.workers import prepared_batches
+from detector.records import ScanResult
 from detector.scan.scanner import FAST, Scanner
-from detector.scoring import ScanResult
 from detector.storage.store import Store
 from detector.tasks.attacks import FAMILIES, attack
 
@@ -161,7 +161,7 @@ def build_queries(
     if unknown:
         raise ValueError(f"unknown attack families: {', '.join(unknown)}")
     rng = np.random.default_rng(seed)
-    entries = list(store.list_catalog())
+    entries = list(store.catalog.list())
     order = rng.permutation(len(entries))
     chosen = [entries[i] for i in order[: sample + held_out]]
     hidden = {e.id for e in chosen[sample:]}

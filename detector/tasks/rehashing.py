@@ -45,10 +45,10 @@ def rehash_catalog(
     """Recompute the codes of every catalog image of ``store`` (opened ``rehashing``) with
     this copyscan's hasher, and switch the catalog to it when every image has them.
     ``progress`` is called with the number of images read after each batch."""
-    entries = list(store.list_catalog())
-    if store.stored_hasher == store.hasher:
+    entries = list(store.catalog.list())
+    if store.rehash.stored_hasher == store.hasher:
         return RehashResult(len(entries), 0, 0, (), 0, True)
-    done = store.rehashed_ids()
+    done = store.rehash.staged_ids()
     todo = [e for e in entries if e.id not in done]
     failed: list[tuple[int, str, str]] = []
     rehashed = 0
@@ -64,14 +64,14 @@ def rehash_catalog(
             else:
                 variants = tuple((name, to_sqlite(c.phash), to_sqlite(c.dhash)) for name, c in p.variants)
                 rows.append((entry.id, to_sqlite(p.codes.phash), to_sqlite(p.codes.dhash), variants))
-        store.stage_rehash(rows)
+        store.rehash.stage(rows)
         rehashed += len(rows)
         if progress is not None:
             progress(len(batch))
     dropped = 0
     if failed and drop_missing:
-        dropped = store.remove_catalog(ids=[cid for cid, _, _ in failed])
+        dropped = store.catalog.remove(ids=[cid for cid, _, _ in failed])
     switched = not failed or drop_missing
     if switched:
-        store.apply_rehash()
+        store.rehash.apply()
     return RehashResult(len(entries), rehashed, len(done), tuple(failed), dropped, switched)

@@ -1,0 +1,142 @@
+"""Checks of ``copyscan serve``: every checked upload with its result, and the moderators'
+decisions on the flagged ones."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from detector.errors import NotFound, StoreError
+from detector.storage.sql import utc_now
+
+if TYPE_CHECKING:
+    from detector.storage.store import Store
+
+DECISIONS = ("confirmed", "dismissed")
+_CHECK_SELECT = (
+    "SELECT id, checked_at, sha256, name, upload_path, status, error, verdict, result,"
+    " decision, decided_at, note FROM checks"
+)
+
+
+@dataclass(frozen=True)
+class NewCheck:
+    """What :meth:`Checks.record` stores: ``result`` is the JSON record of the check (as
+    ``scan`` writes it), ``upload_path`` where the uploaded bytes were kept (if they were)."""
+
+    sha256: str | None
+    name: str | None
+    upload_path: str | None
+    status: str
+    error: str | None
+    verdict: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """A stored check with the moderator's decision (None until one is taken)."""
+
+    id: int
+    checked_at: str
+    sha256: str | None
+    name: str | None
+    upload_path: str | None
+    status: str
+    error: str | None
+    verdict: str
+    result: dict[str, Any]
+    decision: str | None
+    decided_at: str | None
+    note: str | None
+
+
+class Checks:
+    """The checks of one :class:`~detector.storage.store.Store` (``store.checks``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.conn = store.conn
+
+    def record(self, check: NewCheck) -> int:
+        """Store one checked upload with its result; returns its id."""
+        with self.store.write():
+            cur = self.conn.execute(
+                "INSERT INTO checks (checked_at, sha256, name, upload_path, status, error, verdict, result)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    utc_now(),
+                    check.sha256,
+                    check.name,
+                    check.upload_path,
+                    check.status,
+                    check.error,
+                    check.verdict,
+                    json.dumps(check.result, ensure_ascii=False),
+                ),
+            )
+        if cur.lastrowid is None:
+            raise StoreError("could not record the check")
+        return int(cur.lastrowid)
+
+    def recent(self, limit: int = 50, flagged_only: bool = True) -> list[CheckRecord]:
+        """Recent checks, newest first; with ``flagged_only`` those a copy or a near-duplicate
+        was found for."""
+        where = "WHERE verdict != 'none'" if flagged_only else ""
+        return [
+            _check(row)
+            for row in self.conn.execute(f"{_CHECK_SELECT} {where} ORDER BY id DESC LIMIT ?", (int(limit),))
+        ]
+
+    def get(self, check_id: int) -> CheckRecord:
+        """One recorded check; :class:`NotFound` if there is none."""
+        row = self.conn.execute(f"{_CHECK_SELECT} WHERE id = ?", (int(check_id),)).fetchone()
+        if row is None:
+            raise NotFound(f"no check {check_id}")
+        return _check(row)
+
+    def decide(self, check_id: int, decision: str, note: str | None = None) -> CheckRecord:
+        """Store a moderator's decision ('confirmed' or 'dismissed') on a check."""
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}")
+        with self.store.write():
+            cur = self.conn.execute(
+                "UPDATE checks SET decision = ?, decided_at = ?, note = ? WHERE id = ?",
+                (decision, utc_now(), note, int(check_id)),
+            )
+        if cur.rowcount != 1:
+            raise NotFound(f"no check {check_id}")
+        return self.get(check_id)
+
+    def counts(self) -> dict[str, int]:
+        """Checks by state: the moderator's decision, else 'pending' (flagged) or 'clean'."""
+        return {
+            str(k): int(n)
+            for k, n in self.conn.execute(
+                "SELECT coalesce(decision, CASE WHEN verdict = 'none' THEN 'clean' ELSE 'pending' END),"
+                " count(*) FROM checks GROUP BY 1"
+            )
+        }
+
+
+def _check(row: Sequence[Any]) -> CheckRecord:
+    try:
+        result = json.loads(row[8])
+    except ValueError:
+        result = {}
+    return CheckRecord(
+        int(row[0]),
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        result if isinstance(result, dict) else {},
+        row[9],
+        row[10],
+        row[11],
+    )

@@ -1,0 +1,172 @@
+"""The schema: migrations that bring any older copyscan database to :data:`SCHEMA_VERSION`,
+each in the transaction that bumps ``PRAGMA user_version``. Append, never edit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db.table("catalog").create(
+        {
+            "id": int,
+            "sha256": str,
+            "path": str,
+            "owner": str,
+            "width": int,
+            "height": int,
+            "phash": int,
+            "dhash": int,
+            "embedding": bytes,
+            "added_at": str,
+        },
+        pk="id",
+        not_null={"sha256", "path", "width", "height", "phash", "dhash", "embedding", "added_at"},
+    )
+    db.table("catalog").create_index(["sha256"], unique=True)
+    db.table("catalog").create_index(["owner"])
+    db.table("runs").create(
+        {
+            "id": int,
+            "command": str,
+            "args": str,
+            "started_at": str,
+            "finished_at": str,
+            "items": int,
+            "errors": int,
+            "matched": int,
+        },
+        pk="id",
+        not_null={"command", "args", "started_at"},
+    )
+    db.table("items").create(
+        {
+            "id": int,
+            "run_id": int,
+            "path": str,
+            "sha256": str,
+            "status": str,
+            "error": str,
+            "phash": int,
+            "dhash": int,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+        not_null={"run_id", "path", "status"},
+    )
+    db.table("items").create_index(["run_id"])
+    db.table("items").create_index(["sha256"])
+    db.table("matches").create(
+        {
+            "id": int,
+            "item_id": int,
+            "catalog_id": int,
+            "catalog_path": str,
+            "hamming": int,
+            "cosine": float,
+            "score": float,
+            "verdict": str,
+        },
+        pk="id",
+        foreign_keys=[("item_id", "items", "id")],
+        not_null={"item_id", "catalog_id", "score", "verdict"},
+    )
+    db.table("matches").create_index(["item_id"])
+    db.table("matches").create_index(["catalog_id"])
+
+
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    # Extra stage-1 codes of a catalog image (its content box, ...), searched beside its own.
+    db.execute(
+        "CREATE TABLE codes ("
+        " id INTEGER PRIMARY KEY,"
+        " catalog_id INTEGER NOT NULL REFERENCES catalog(id) ON DELETE CASCADE,"
+        " variant TEXT NOT NULL,"
+        " phash INTEGER NOT NULL,"
+        " dhash INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX codes_catalog_id ON codes (catalog_id)")
+    db.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL, set_at TEXT NOT NULL)")
+
+
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    # Scan history that a cron job can resume and report from: the run's status, mode and the
+    # catalog-and-settings state it scanned against; when each item was scanned and which
+    # earlier item it reused; each match's owner and stage-3 evidence.
+    for sql in (
+        "ALTER TABLE runs ADD COLUMN status TEXT NOT NULL DEFAULT 'finished'",
+        "ALTER TABLE runs ADD COLUMN mode TEXT",
+        "ALTER TABLE runs ADD COLUMN state TEXT",
+        "ALTER TABLE runs ADD COLUMN reused INTEGER",
+        "ALTER TABLE items ADD COLUMN scanned_at TEXT",
+        "ALTER TABLE items ADD COLUMN reused_from INTEGER",
+        "ALTER TABLE matches ADD COLUMN owner TEXT",
+        "ALTER TABLE matches ADD COLUMN transform TEXT",
+        "ALTER TABLE matches ADD COLUMN inliers INTEGER",
+        "ALTER TABLE matches ADD COLUMN query_region TEXT",
+        "ALTER TABLE matches ADD COLUMN catalog_region TEXT",
+        "UPDATE runs SET status = 'killed' WHERE finished_at IS NULL",
+        "CREATE INDEX runs_state ON runs (state)",
+        "CREATE INDEX items_run_path ON items (run_id, path)",
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('catalog_generation', '0')",
+    ):
+        db.execute(sql)
+
+
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    # Scans load every catalog code at start: a covering index lets SQLite read them without
+    # the rows' 2.5 kB descriptors (a million-image catalog: 0.5 s instead of 1.7 s warm, and
+    # 70 MB read instead of 2.7 GB cold).
+    db.execute("CREATE INDEX catalog_codes ON catalog (phash, dhash)")
+
+
+def _migrate_6(db: sqlite_utils.Database) -> None:
+    # ``catalog rehash``: a new hasher's codes are staged here, batch by batch (a killed run
+    # goes on), and swapped in for the old ones in one transaction at the end.
+    db.execute(
+        "CREATE TABLE rehash_codes ("
+        " catalog_id INTEGER PRIMARY KEY REFERENCES catalog(id) ON DELETE CASCADE,"
+        " hasher TEXT NOT NULL,"
+        " phash INTEGER NOT NULL,"
+        " dhash INTEGER NOT NULL,"
+        " variants TEXT NOT NULL)"
+    )
+
+
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    # Moderation at upload time: catalog images added over HTTP carry the caller's own id, and
+    # every flagged check waits in ``checks`` for a moderator's decision.
+    for sql in (
+        "ALTER TABLE catalog ADD COLUMN external_id TEXT",
+        "CREATE INDEX catalog_external_id ON catalog (external_id)",
+        "CREATE TABLE checks ("
+        " id INTEGER PRIMARY KEY,"
+        " checked_at TEXT NOT NULL,"
+        " sha256 TEXT,"
+        " name TEXT,"
+        " upload_path TEXT,"
+        " status TEXT NOT NULL,"
+        " error TEXT,"
+        " verdict TEXT NOT NULL,"
+        " result TEXT NOT NULL,"
+        " decision TEXT,"
+        " decided_at TEXT,"
+        " note TEXT)",
+        "CREATE INDEX checks_verdict ON checks (verdict, id)",
+    ):
+        db.execute(sql)
+
+
+# Migration N upgrades a database at schema version N-1 to version N. Append, never edit.
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+    _migrate_4,
+    _migrate_5,
+    _migrate_6,
+)
+SCHEMA_VERSION = len(MIGRATIONS)

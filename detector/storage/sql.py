@@ -1,0 +1,40 @@
+"""Small helpers every table module shares: timestamps, ``IN (...)`` chunks, polygons as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from detector.records import Region
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with seconds, as stored in every timestamp column."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def in_chunks(values: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+    """Distinct values in chunks small enough for one ``IN (...)`` clause, each with its
+    ``?,?,...`` placeholders."""
+    uniq = list(dict.fromkeys(values))
+    for start in range(0, len(uniq), size):
+        part = uniq[start : start + size]
+        yield part, ",".join("?" * len(part))
+
+
+def parse_region(text: str | None) -> Region | None:
+    """A polygon stored as JSON ``[[x, y], ...]``; None for none or for text that is not one."""
+    if not text:
+        return None
+    try:
+        points = json.loads(text)
+        return tuple((float(x), float(y)) for x, y in points)
+    except (ValueError, TypeError):
+        return None
+
+
+def region_json(region: Region | None) -> str | None:
+    """A polygon as compact JSON text for the database."""
+    return None if region is None else json.dumps([list(p) for p in region], separators=(",", ":"))
