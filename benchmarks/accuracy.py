@@ -31,9 +31,8 @@ import numpy as np
 from PIL import Image
 
 from detector.config import Settings, parse_setting
-from detector.intake.prepare import Models
 from detector.stage1.hashing import HASHER_ID
-from detector.stage2.embedding import embedder_id, resize_for_cnn
+from detector.stage2.embedding import Models, embedder_id, resize_for_cnn
 from detector.storage.store import Store
 from detector.tasks.attacks import FAMILIES
 from detector.tasks.cataloging import add_to_catalog

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from detector.stage1.hashing import Probe
+from detector.stage1.hashing import Probe, Transform
 from detector.stage1.index import HammingIndex
 from detector.stage1.mih import MultiIndexHash
 
@@ -91,14 +91,14 @@ def scanner_probes(phash: np.ndarray, dhash: np.ndarray, queries: int, seed: int
         near_p = flip_bits(phash[row : row + 1], rng.integers(0, 12, 1), rng)[0]
         near_d = flip_bits(dhash[row : row + 1], rng.integers(0, 12, 1), rng)[0]
         probes = [
-            Probe("identity", int(near_p), int(near_d)),
-            Probe("identity+trim", int(near_p), int(near_d)),
+            Probe(Transform.parse("identity"), int(near_p), int(near_d)),
+            Probe(Transform.parse("identity+trim"), int(near_p), int(near_d)),
         ]
         for suffix in ("", "+trim"):
             for name in TURNS[1:]:
                 code = rng.integers(0, 2**64, 2, dtype=np.uint64)
                 dh = None if name in ("rot90", "rot270", "transpose", "transverse") else int(code[1])
-                probes.append(Probe(name + suffix, int(code[0]), dh))
+                probes.append(Probe(Transform.parse(name + suffix), int(code[0]), dh))
         out.append(probes)
     return out
 

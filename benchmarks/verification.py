@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = [str(args.corpus / item["file"]) for item in manifest["images"]]
     rng = np.random.default_rng(args.seed)
     chosen = rng.choice(len(paths), size=min(args.pairs, len(paths)), replace=False)
-    greys = {int(i): verify_grey(load_image(paths[int(i)], settings).rgb) for i in chosen}
+    greys = {int(i): verify_grey(load_image(paths[int(i)], settings).rgb, settings) for i in chosen}
     ours: dict[str, list[float]] = {"keypoints": [], "match": []}
     peer: dict[str, list[float]] = {"keypoints": [], "match": []}
     inliers: dict[tuple[str, str], list[int]] = {
@@ -87,17 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n, i in enumerate(keys):
         rgb = load_image(paths[i], settings).rgb
         family = FAMILIES[n % len(FAMILIES)]
-        copy = verify_grey(attack(rgb, family, rng).rgb)
+        copy = verify_grey(attack(rgb, family, rng).rgb, settings)
         other = keys[(n + 1) % len(keys)]
         for j in (i, other):
-            orb_cache.setdefault(j, features(greys[j]))
+            orb_cache.setdefault(j, features(greys[j], settings))
             sift_cache.setdefault(j, _sift_features(greys[j]))
-        q_orb, t = _time(features, copy)
+        q_orb, t = _time(features, copy, settings)
         ours["keypoints"].append(t)
         q_sift, t = _time(_sift_features, copy)
         peer["keypoints"].append(t)
         for kind, j in (("copy", i), ("other", other)):
-            v, t = _time(verify, q_orb, orb_cache[j])
+            v, t = _time(verify, q_orb, orb_cache[j], settings)
             ours["match"].append(t)
             inliers["ours", kind].append(v.inliers)
             found, t = _time(_sift_verify, q_sift, sift_cache[j])

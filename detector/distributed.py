@@ -2,11 +2,12 @@
 
 The driver holds the database. It takes a :class:`CatalogSnapshot` of the catalog (codes,
 descriptors, entries) and puts it in Ray's object store once; every worker (an actor, built
-once) builds a :class:`Scanner` from it and runs the very same
-:meth:`Scanner.scan_prepared` on its batches: read or take the bytes, hash, decode, stage 1,
-CNN rerank and stage 3. The batches are the ones the local scan makes (``batch_size``
-consecutive items), and come back in order, so the driver records each one in the scan
-history as the local scan does (one transaction per batch) and the results are identical.
+once) builds a :class:`Scanner` from it and runs the very same chain
+(:meth:`Scanner.scan_prepared`) on its batches: read or take the bytes, hash, decode, stage
+1, CNN rerank and stage 3. The batches are the ones the local scan makes (``batch_size``
+consecutive items), and come back in order; the run (:class:`detector.runs.ScanRun`) records
+each one in the scan history as the local scan does (one transaction per batch), and the
+results are identical.
 
 Inputs are files, folders and list files (read by the workers: on a cluster they must see
 the same paths, as must stage 3 the catalog files) and Parquet shards with columns ``path``
@@ -28,11 +29,13 @@ from typing import Any
 from detector.config import Settings
 from detector.errors import DistributedError
 from detector.intake.loader import content_hash
-from detector.intake.prepare import Models, Prepared, batched, prepare_batch, prepare_bytes
+from detector.intake.prepare import Prepared, batched, prepare_batch, prepare_bytes
 from detector.intake.sources import expand_sources
 from detector.outputs.records import match_record
 from detector.records import ScanResult
-from detector.scan.scanner import CatalogSnapshot, Scanner
+from detector.scan.catalog import CatalogSnapshot
+from detector.scan.scanner import Scanner
+from detector.stage2.embedding import Models
 
 PARQUET_SUFFIX = ".parquet"
 FILE_ROW = -1  # the row of an item that is a file, not a Parquet row
@@ -95,7 +98,7 @@ def _shards(p: Path) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Engine:
+class RayCluster:
     """Where a distributed scan runs: ``address`` of an existing Ray cluster (None: start a
     local one with ``workers`` CPUs, or use $RAY_ADDRESS when it is set); ``workers``: scanner
     actors, one CPU each (None: every CPU of the local machine or of the cluster)."""
@@ -127,7 +130,7 @@ class _Worker:
             items: list[Item] = [(str(s), int(r)) for s, r in json.loads(str(raw))]
             prepared = self._prepare(items)
             fresh = iter(self.scanner.scan_prepared([p for p in prepared if not p.skipped]))
-            out = [("skip", p.path, p.sha256) if p.skipped else ("done", next(fresh)) for p in prepared]
+            out = [p if p.skipped else next(fresh) for p in prepared]
             blobs.append(pickle.dumps((int(index), out)))
         return {"results": blobs}
 
@@ -163,8 +166,10 @@ class _Worker:
         """Path and bytes of one Parquet row; the row group holding it is read once and kept."""
         import pyarrow.parquet as pq
 
-        if self._table is None or self._table[0] != shard or not (
-            self._table[1] <= row < self._table[1] + self._table[2].num_rows
+        if (
+            self._table is None
+            or self._table[0] != shard
+            or not (self._table[1] <= row < self._table[1] + self._table[2].num_rows)
         ):
             f = pq.ParquetFile(shard)
             start = 0
@@ -181,16 +186,13 @@ class _Worker:
         return str(path), table.column("bytes")[row - start].as_py()
 
 
-def scan_distributed(
-    scanner: Scanner,
-    items: Sequence[Item],
-    engine: Engine,
-    run_id: int | None = None,
-    reuse: bool = False,
-) -> Iterator[ScanResult]:
-    """:meth:`Scanner.scan` on Ray: one :class:`ScanResult` per item, in order, each batch
-    recorded in the scan history of ``run_id`` by this process (the only writer) as it
-    arrives. ``scanner`` is built from the Store; its catalog is sent to the workers once."""
+def ray_batches(
+    scanner: Scanner, items: Sequence[Item], cluster: RayCluster, known: frozenset[str] = frozenset()
+) -> Iterator[list[ScanResult | Prepared]]:
+    """The chain on Ray: each batch of ``items`` (``batch_size`` consecutive ones) scanned by a
+    worker, in order; content whose sha256 is in ``known`` comes back unscanned, as a skipped
+    :class:`Prepared`, for the caller to repeat its stored result. ``scanner`` is built from
+    the Store; its catalog is sent to the workers once."""
     ray = require("ray")
     require("ray.data")
 
@@ -199,27 +201,27 @@ def scan_distributed(
         raise DistributedError("the catalog changed while the scan started: run it again")
     started_here = not ray.is_initialized()
     if started_here:
-        _start(engine)
+        _start(cluster)
     try:
-        yield from _scan(ray, scanner, snapshot, items, engine, run_id, reuse)
+        yield from _scan(ray, scanner, snapshot, items, cluster, known)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _start(engine: Engine) -> None:
+def _start(cluster: RayCluster) -> None:
     import logging
 
     import ray
 
-    address = engine.address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster.address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
         "logging_level": logging.WARNING,
     }
     if address is None:
-        options["num_cpus"] = engine.workers or os.cpu_count() or 1
+        options["num_cpus"] = cluster.workers or os.cpu_count() or 1
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -232,10 +234,9 @@ def _scan(
     scanner: Scanner,
     snapshot: CatalogSnapshot,
     items: Sequence[Item],
-    engine: Engine,
-    run_id: int | None,
-    reuse: bool,
-) -> Iterator[ScanResult]:
+    cluster: RayCluster,
+    known: frozenset[str],
+) -> Iterator[list[ScanResult | Prepared]]:
     import ray.data
 
     if not items:
@@ -244,12 +245,11 @@ def _scan(
     context.execution_options.preserve_order = True  # batches come back in input order
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    workers = engine.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = cluster.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     batches = [
         {"index": i, "items": json.dumps(list(b))}
         for i, b in enumerate(batched(list(items), scanner.settings.batch_size))
     ]
-    known = frozenset(scanner.store.history.reusable_digests(scanner.state)) if reuse else frozenset()
     dataset = ray.data.from_items(batches, override_num_blocks=len(batches)).map_batches(
         _Worker,
         batch_size=1,
@@ -269,31 +269,9 @@ def _scan(
         if index != expected:
             raise DistributedError(f"batch {index} came back in place of batch {expected}")
         expected += 1
-        results = _settle(scanner, out, reuse)
-        if run_id is not None:
-            scanner.record(run_id, results)
-        yield from results
+        yield out
     if expected != len(batches):
         raise DistributedError(f"{len(batches) - expected} batches did not come back")
-
-
-def _settle(scanner: Scanner, out: Sequence[tuple[Any, ...]], reuse: bool) -> list[ScanResult]:
-    """A batch's results as the local scan gives them: content some run (this one's earlier
-    batches included) already scanned against the same state is repeated from the database."""
-    if not reuse:
-        return [entry[1] for entry in out]
-    digests = [e[2] if e[0] == "skip" else e[1].sha256 for e in out]
-    reusable = scanner.store.history.reusable_items([d for d in digests if d], scanner.state)
-    results = []
-    for entry, sha in zip(out, digests, strict=True):
-        path = entry[1] if entry[0] == "skip" else entry[1].query
-        if sha and sha in reusable:
-            results.append(scanner.repeat(path, sha, reusable[sha]))
-        elif entry[0] == "skip":
-            raise DistributedError(f"the stored result for {path} is gone")
-        else:
-            results.append(entry[1])
-    return results
 
 
 class ParquetResults:

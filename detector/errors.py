@@ -31,6 +31,10 @@ class UnhashableImage(ImageError):
     """The image is too small or too flat to give a meaningful perceptual code."""
 
 
+class SettingError(CopyscanError, ValueError):
+    """A setting's value is of the wrong kind or outside its allowed range."""
+
+
 class StoreError(CopyscanError):
     """The database cannot be used."""
 

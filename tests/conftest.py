@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from detector.config import Settings
-from detector.intake.prepare import Models
+from detector.stage2.embedding import Models
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

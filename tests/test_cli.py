@@ -16,7 +16,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli.main import EXIT_ERROR, EXIT_MATCH, EXIT_NO_MATCH, cli
+from cli.app import EXIT_ERROR, EXIT_MATCH, EXIT_NO_MATCH
+from cli.main import cli
 
 
 def run(*args: str, env: dict[str, str] | None = None, ok: bool = True):

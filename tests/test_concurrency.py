@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli.main import EXIT_LOCKED, EXIT_MATCH, EXIT_NO_MATCH
+from cli.app import EXIT_LOCKED, EXIT_MATCH, EXIT_NO_MATCH
 from tests.conftest import textured
 
 EXE = Path(sys.executable).parent / "copyscan"

@@ -13,8 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from detector.config import THOROUGH
 from detector.intake.prepare import prepare_batch
-from detector.scan.scanner import THOROUGH, CatalogSnapshot, Scanner
+from detector.scan.catalog import CatalogSnapshot
+from detector.scan.scanner import Scanner
 from detector.stage1.hashing import HASHER_ID
 from detector.stage2.embedding import embedder_id
 from detector.storage.store import Store

@@ -64,8 +64,8 @@ def test_importing_detector_does_not_import_torch():
 
 
 def test_the_model_loads_once_per_models_holder(settings, monkeypatch):
-    from detector.intake.prepare import Models
     from detector.stage2 import embedding
+    from detector.stage2.embedding import Models
 
     built = []
     real = embedding.Embedder

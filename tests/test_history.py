@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import EXIT_LOCKED, cli
+from cli.app import EXIT_LOCKED
+from cli.main import cli
 from detector.storage.locking import DatabaseLock, Locked
 
 EXE = Path(sys.executable).parent / "copyscan"

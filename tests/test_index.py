@@ -62,7 +62,7 @@ def test_mismatched_lengths_are_refused():
 
 
 def test_several_codes_per_image_and_several_probes_per_query():
-    from detector.stage1.hashing import Probe
+    from detector.stage1.hashing import Probe, Transform
 
     # image 5 owns two codes (its own and a variant); image 3 one.
     index = HammingIndex(
@@ -70,50 +70,66 @@ def test_several_codes_per_image_and_several_probes_per_query():
     )
     assert index.ids.tolist() == [3, 5, 5]  # kept in id order
     far = 2**64 - 1
-    probes = [Probe("identity", far, far), Probe("hflip", 2**63 | 1, None)]
+    probes = [Probe(Transform.parse("identity"), far, far), Probe(Transform.parse("hflip"), 2**63 | 1, None)]
     (c,) = index.search_probes(probes, 3, 3, 10)
-    assert c == Candidate(5, 1, 64, "hflip")  # the variant code, found by the flipped probe
-    assert index.search_probes([Probe("identity", 0, far)], 1, 1, 10) == [Candidate(5, 0, 64, "identity")]
+    assert c == Candidate(5, 1, 64, Transform.parse("hflip"))  # the variant code, found by the flipped probe
+    assert index.search_probes([Probe(Transform.parse("identity"), 0, far)], 1, 1, 10) == [
+        Candidate(5, 0, 64, Transform.parse("identity"))
+    ]
     # a probe without a dHash never matches on dHash, even at distance 0 of the stored zeros
-    assert index.search_probes([Probe("rot90", far, None)], 0, 63, 10) == []
+    assert index.search_probes([Probe(Transform.parse("rot90"), far, None)], 0, 63, 10) == []
     d = index.probe_distances(probes, 3, 3)
     assert [x.catalog_id for x in index.best_per_image(d, probes, [3, 4, 5])] == [3, 5]
 
 
 def test_flipped_probes_search_a_smaller_radius():
-    from detector.stage1.hashing import Probe
+    from detector.stage1.hashing import Probe, Transform
 
     index = HammingIndex(np.array([1]), np.array([0], np.uint64), np.array([2**64 - 1], np.uint64))
     ten_bits = (1 << 10) - 1
-    assert index.search_probes([Probe("identity", ten_bits, 0)], 12, 12, 5, radius_variant=8)
-    assert index.search_probes([Probe("identity+trim", ten_bits, 0)], 12, 12, 5, radius_variant=8)
-    assert not index.search_probes([Probe("hflip", ten_bits, 0)], 12, 12, 5, radius_variant=8)
-    (c,) = index.search_probes([Probe("rot90", ten_bits, None)], 12, 12, 5, radius_variant=10)
-    assert c.within_radius and c.transform == "rot90"
-    d = index.probe_distances([Probe("hflip", ten_bits, 0)], 12, 12, 8)
-    (far,) = index.best_per_image(d, [Probe("hflip", ten_bits, 0)], [1])
+    assert index.search_probes([Probe(Transform.parse("identity"), ten_bits, 0)], 12, 12, 5, radius_variant=8)
+    assert index.search_probes(
+        [Probe(Transform.parse("identity+trim"), ten_bits, 0)], 12, 12, 5, radius_variant=8
+    )
+    assert not index.search_probes(
+        [Probe(Transform.parse("hflip"), ten_bits, 0)], 12, 12, 5, radius_variant=8
+    )
+    (c,) = index.search_probes(
+        [Probe(Transform.parse("rot90"), ten_bits, None)], 12, 12, 5, radius_variant=10
+    )
+    assert c.within_radius and str(c.transform) == "rot90"
+    d = index.probe_distances([Probe(Transform.parse("hflip"), ten_bits, 0)], 12, 12, 8)
+    (far,) = index.best_per_image(d, [Probe(Transform.parse("hflip"), ten_bits, 0)], [1])
     assert not far.within_radius and far.hamming_phash == 10
 
 
 def test_unturned_probes_must_stay_close_on_both_codes() -> None:
     """Within the radius on one code but far on the other is a chance hit: radius_sum drops it;
     turned probes keep their own tighter radius and are not limited by the sum."""
-    from detector.stage1.hashing import Probe
+    from detector.stage1.hashing import Probe, Transform
 
     ten_bits = (1 << 10) - 1
     far = (1 << 30) - 1  # 30 bits away
     index = HammingIndex(np.array([1]), np.array([0], dtype=np.uint64), np.array([0], dtype=np.uint64))
-    assert index.search_probes([Probe("identity", ten_bits, ten_bits)], 14, 14, 5, radius_sum=34)
-    assert not index.search_probes([Probe("identity", ten_bits, far)], 14, 14, 5, radius_sum=34)
-    assert index.search_probes([Probe("identity", ten_bits, far)], 14, 14, 5)  # no sum: found
-    (c,) = index.search_probes([Probe("rot90", 0, far)], 14, 14, 5, radius_variant=8, radius_sum=34)
-    assert c.transform == "rot90" and c.hamming_dhash == 30
+    assert index.search_probes(
+        [Probe(Transform.parse("identity"), ten_bits, ten_bits)], 14, 14, 5, radius_sum=34
+    )
+    assert not index.search_probes(
+        [Probe(Transform.parse("identity"), ten_bits, far)], 14, 14, 5, radius_sum=34
+    )
+    assert index.search_probes(
+        [Probe(Transform.parse("identity"), ten_bits, far)], 14, 14, 5
+    )  # no sum: found
+    (c,) = index.search_probes(
+        [Probe(Transform.parse("rot90"), 0, far)], 14, 14, 5, radius_variant=8, radius_sum=34
+    )
+    assert str(c.transform) == "rot90" and c.hamming_dhash == 30
 
 
 def _scanner_like(seed: int) -> tuple[HammingIndex, HammingIndex, list[list]]:
     """The same catalog searched by brute force and through hash tables, and query probe
     sets like the scanner's: unturned and turned, some without a dHash, near some images."""
-    from detector.stage1.hashing import Probe
+    from detector.stage1.hashing import Probe, Transform
 
     rng = np.random.default_rng(seed)
     n = 3000
@@ -130,7 +146,7 @@ def _scanner_like(seed: int) -> tuple[HammingIndex, HammingIndex, list[list]]:
             bits = [int(b) for b in rng.permutation(64)[: rng.integers(0, 18)]]
             name = ("identity", "identity+trim", "hflip", "rot90", "rot90+trim", "vflip")[k]
             dh = None if name.startswith("rot90") else _flip(int(dhash[r]), bits[::2])
-            probes.append(Probe(name, _flip(int(phash[r]), bits), dh))
+            probes.append(Probe(Transform.parse(name), _flip(int(phash[r]), bits), dh))
         queries.append(probes)
     return brute, tables, queries
 

@@ -1,4 +1,5 @@
-"""Scoring and verdicts: bounds, monotonicity, thresholds from the one settings table."""
+"""Scoring and verdicts: bounds, monotonicity, thresholds from the one settings table; the
+scoring stage on hand-made cases (no model, no image)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import numpy as np
 import pytest
 
 from detector.config import Settings, settings_table
+from detector.intake.prepare import Prepared
 from detector.records import Match
-from detector.scoring import rerank, score, verdict
+from detector.scan.case import Case
+from detector.scoring import ScoringStage, score, verdict
 from detector.stage1.index import Candidate
+from detector.stage3.verification import Evidence
 from detector.storage.catalog import CatalogEntry
 
 
@@ -45,6 +49,27 @@ def _entry(i: int) -> CatalogEntry:
     return CatalogEntry(i, f"/c/{i}.jpg", "acme", "0" * 64, 10, 10, 0, 0, "2026-01-01T00:00:00+00:00")
 
 
+def rerank(cands, query_vecs, vecs, entries, settings, evidence=None, rivals=None) -> tuple[Match, ...]:
+    """The scoring stage on a case as stage 2 would leave it: a cosine for each candidate
+    whose catalog entry and descriptor exist."""
+    cosines = {
+        c.catalog_id: float(np.dot(query_vecs[c.catalog_id], vecs[c.catalog_id]))
+        for c in cands
+        if c.catalog_id in vecs and c.catalog_id in entries
+    }
+    case = Case(
+        Prepared("query.jpg"),
+        candidates=tuple(cands),
+        embedded=True,
+        entries={cid: entries[cid] for cid in cosines},
+        cosines=cosines,
+        evidence=evidence,
+        rivals=rivals,
+    )
+    ScoringStage(settings).fill([case])
+    return case.matches
+
+
 def test_rerank_orders_filters_and_cuts(settings):
     settings = settings.replace(copy_threshold=0.75, near_duplicate_threshold=0.55)
     q = np.zeros(4, np.float32)
@@ -69,8 +94,6 @@ def test_a_pair_only_the_embedding_found_needs_stage_3_to_be_a_copy(settings):
     smooth to judge, not checked, or too few inliers): capped under the near-duplicate line.
     Found by stage 1, or confirmed by stage 3, or with stage 3 switched off: scored as
     before."""
-    from detector.scoring import Evidence
-
     q = np.array([1, 0, 0, 0], np.float32)
     vecs = {1: q.copy()}
     entries = {1: _entry(1)}
@@ -91,8 +114,6 @@ def test_a_pair_both_keypoint_checks_refute_is_not_a_copy(settings):
     """Close in stage 1 and to the CNN, but ORB and SIFT both judged the pair and found not
     one inlier: a look-alike (another frame of a series), capped under the near-duplicate
     line. One SIFT inlier, or SIFT not asked, leaves the score as it was."""
-    from detector.scoring import Evidence
-
     q = np.array([1, 0, 0, 0], np.float32)
     vecs, entries, qv = {1: q.copy()}, {1: _entry(1)}, {1: q}
     everything = settings.replace(min_score=0.0)
@@ -124,8 +145,6 @@ def test_a_pair_too_smooth_to_judge_must_stand_out_from_its_rivals(settings):
     close (cosine 0.75), barely above the best other catalog image, is capped under the
     near-duplicate line; one that stands ``smooth_distinct`` above it, that the CNN is sure
     of (cosine 0.85), or with no rival measured (fast mode) is not."""
-    from detector.scoring import Evidence
-
     q = np.array([1, 0, 0, 0], np.float32)
     entries = {1: _entry(1)}
     everything = settings.replace(min_score=0.0)

@@ -12,11 +12,13 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from detector.config import Settings
-from detector.scan.scanner import FAST, THOROUGH, Scanner
-from detector.scoring import Evidence, score
+from detector.config import FAST, THOROUGH, Settings
+from detector.intake.catalog_images import CatalogImages
+from detector.scan.scanner import Scanner
+from detector.scoring import score
 from detector.stage1.hashing import HASHER_ID
 from detector.stage2.embedding import degraded, embedder_id, fine_detail, resize_for_cnn
+from detector.stage3.verification import Evidence, VerificationStage
 from detector.storage.store import Store
 from detector.tasks.cataloging import add_to_catalog
 
@@ -78,14 +80,17 @@ def test_a_blurred_thumbnail_meets_its_original_degraded_alike(thumbs, models):
 
 def test_catalog_sift_is_computed_once_per_factor_and_empty_for_a_lost_file(thumbs, models, tmp_path):
     store, _, _ = thumbs
-    scanner = Scanner(store, models, models.settings, mode=THOROUGH)
+    s = models.settings
+    stage = VerificationStage(s, THOROUGH, CatalogImages(s))
     entry = next(iter(store.catalog.list()))
-    first = scanner._catalog_sift(entry.id, entry.path, (1, 2, 3))
-    assert len(first) == 3 and all(f.descriptors.shape[1] == 128 for f in first)
+    first = [stage.catalog_keypoints(entry.id, entry.path, sift=True, factor=f) for f in (1, 2, 3)]
+    assert all(f is not None and f.descriptors.shape[1] == 128 for f in first)
     assert len(first[2].points) < len(first[0].points)  # a blurred image holds fewer keypoints
-    again = scanner._catalog_sift(entry.id, entry.path, (1, 3))
+    again = [stage.catalog_keypoints(entry.id, entry.path, sift=True, factor=f) for f in (1, 3)]
     assert again[0] is first[0] and again[1] is first[2]
-    assert scanner._catalog_sift(10_000, str(tmp_path / "gone.jpg"), (1, 2)) == []
+    gone = str(tmp_path / "gone.jpg")
+    assert stage.catalog_keypoints(10_000, gone, sift=True) is None
+    assert stage.catalog_keypoints(10_000, gone) is None
 
 
 def test_distinctness_adds_to_the_score_within_bounds(settings):

@@ -1,10 +1,10 @@
-"""The front of the pipeline shared by every command: read bytes, content hash, safe decode,
-stage-1 codes, and the small image stage 2 needs, all from one decode. Also the lazy holder
-that builds the embedder once per process."""
+"""Intake, the front of the pipeline shared by every command: read bytes, content hash, safe
+decode, stage-1 codes, the small image stage 2 needs and the grey image stage 3 needs, all
+from one decode."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -16,7 +16,7 @@ from detector.errors import ImageError
 from detector.intake.framing import content_box
 from detector.intake.loader import content_hash, decode, read_bytes
 from detector.stage1.hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
-from detector.stage2.embedding import EMBEDDING_DIM, Embedder, resize_for_cnn
+from detector.stage2.embedding import resize_for_cnn
 from detector.stage3.keypoints import verify_grey
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ class Prepared:
     box_codes: Codes | None = None
     variants: tuple[tuple[str, Codes], ...] = ()  # catalog side: extra codes (content box, centre crops)
     small: np.ndarray | None = None
-    grey: np.ndarray | None = None  # (h, w) uint8 for stage 3, longer side <= VERIFY_SIDE
+    grey: np.ndarray | None = None  # (h, w) uint8 for stage 3, longer side <= settings.verify_side
     width: int = 0
     height: int = 0
 
@@ -111,15 +111,15 @@ def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings, catalog:
     except ImageError as e:
         return Prepared(path=path, sha256=sha, error=_describe(e))
     rgb = image.rgb
-    grey = verify_grey(rgb) if settings.verify else None
-    transforms = tuple(DIHEDRAL) if settings.dihedral else ("identity",)
-    probes = dihedral_probes(_grey(rgb), transforms)
+    grey = verify_grey(rgb, settings) if settings.verify else None
+    turns = tuple(DIHEDRAL) if settings.dihedral else ("identity",)
+    probes = dihedral_probes(_grey(rgb), turns)
     codes = Codes(probes[0].phash, probes[0].dhash or 0)
     box = content_box(rgb) if settings.trim else None
     box_codes = None
     if box is not None:
         rgb = box.cut(rgb)
-        box_probes = dihedral_probes(_grey(rgb), transforms, suffix="+trim")
+        box_probes = dihedral_probes(_grey(rgb), turns, trimmed=True)
         box_codes = Codes(box_probes[0].phash, box_probes[0].dhash or 0)
         probes += box_probes
     variants: list[tuple[str, Codes]] = []
@@ -128,7 +128,7 @@ def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings, catalog:
             variants.append(("trim", box_codes))
         variants.extend((f"centre{round(f * 100)}", image_codes(_centre(rgb, f))) for f in CENTRE_CROPS)
     # The full-size pixels are dropped here: batches hold only the CNN-sized copy.
-    small = resize_for_cnn(rgb, settings.image_size)
+    small = resize_for_cnn(rgb, settings.image_size)  # of the content box: see cnn_view
     return Prepared(
         path=path,
         sha256=sha,
@@ -141,6 +141,13 @@ def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings, catalog:
         width=image.width,
         height=image.height,
     )
+
+
+def cnn_view(rgb: np.ndarray, settings: Settings) -> np.ndarray:
+    """What the CNN sees of a decoded image, as :func:`prepare_bytes` makes it: its content
+    box (with ``trim``) squashed to ``image_size``, (s, s, 3) uint8."""
+    box = content_box(rgb) if settings.trim else None
+    return resize_for_cnn(box.cut(rgb) if box is not None else rgb, settings.image_size)
 
 
 # Catalog images also store the codes of these centre crops (side fractions): a copy cut to
@@ -169,25 +176,3 @@ def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Consecutive slices of at most ``size`` items."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-class Models:
-    """Builds the embedder on first use and keeps it: the weights load once per process."""
-
-    def __init__(self, settings: Settings, factory: Callable[[Settings], Embedder] = Embedder) -> None:
-        self.settings = settings
-        self._factory = factory
-        self._embedder: Embedder | None = None
-
-    @property
-    def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = self._factory(self.settings)
-        return self._embedder
-
-    def embed(self, images: Iterable[np.ndarray]) -> np.ndarray:
-        """Descriptors of CNN-sized images: (n, 1280) float32 unit vectors."""
-        batch = list(images)
-        if not batch:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        return self.embedder.embed(batch)

@@ -33,14 +33,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from detector import __version__
-from detector.config import Settings
+from detector.config import FAST, MODES, Settings, effective_settings
 from detector.errors import CopyscanError, ImageError, NotFound
 from detector.intake.loader import load_image
-from detector.intake.prepare import Models, prepare_bytes
+from detector.intake.prepare import prepare_bytes
 from detector.outputs.records import scan_record
 from detector.outputs.review_page import render_review
 from detector.records import NONE, ScanResult
-from detector.scan.scanner import FAST, MODES, Scanner
+from detector.scan.scanner import Scanner
+from detector.stage1.hashing import HASHER_ID
+from detector.stage2.embedding import Models, embedder_id
 from detector.storage.checks import CheckRecord, NewCheck
 from detector.storage.locking import DatabaseLock, Locked
 from detector.storage.store import Store
@@ -75,21 +77,38 @@ class Upload:
     name: str
 
 
-class Engine:
-    """The store, the model and one scanner per mode, used by one request at a time."""
+class CheckService:
+    """The store, the model and one scanner per mode, used by one request at a time. Build
+    with :meth:`open`: the settings in force are those saved in the database (calibrated
+    thresholds) under the caller's ``overrides``."""
 
-    def __init__(self, db: Path, settings: Settings, models: Models, hasher: str, embedder: str) -> None:
+    def __init__(self, db: Path, store: Store, settings: Settings, models: Models) -> None:
         self.db = db
+        self.store = store
         self.settings = settings
         self.models = models
         self.lock = threading.Lock()
-        self.store = Store.open(db, hasher=hasher, embedder=embedder, create=True, shared=True)
         self.uploads = Path(f"{db}.uploads")
         self.images = Path(f"{db}.images")
         self._scanners: dict[str, Scanner] = {}
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self.started = time.monotonic()
         self.served = 0
+
+    @classmethod
+    def open(
+        cls,
+        db: str | Path,
+        overrides: dict[str, Any] | None = None,
+        base: dict[str, Any] | None = None,
+        models: Models | None = None,
+    ) -> CheckService:
+        """Open (or create) the database at ``db`` for serving; ``base``: the front end's own
+        defaults; ``models``: a loaded model to share (else one is built)."""
+        plain = effective_settings({}, overrides, base).settings
+        store = Store.open(db, hasher=HASHER_ID, embedder=embedder_id(plain), create=True, shared=True)
+        settings = effective_settings(store.saved_settings.read(), overrides, base).settings
+        return cls(Path(db), store, settings, models or Models(settings))
 
     def scanner(self, mode: str) -> Scanner:
         """The scanner of ``mode``, rebuilt when the catalog changed since it was loaded."""
@@ -106,9 +125,7 @@ class Engine:
         with self.lock:
             digest = sha256(upload.data).hexdigest()
             prepared = prepare_bytes(upload.name, upload.data, digest, self.settings)
-            scanner = self.scanner(mode)
-            if changes:
-                scanner = scanner.with_settings(self.settings.replace(**changes))
+            scanner = self.scanner(mode).reporting(changes.get("top_k"), changes.get("min_score"))
             (result,) = scanner.scan_prepared([prepared])
             self.served += 1
             record_json = self._record(result)
@@ -158,12 +175,7 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             s = self.store.stats()
-            counts = dict(
-                self.store.conn.execute(
-                    "SELECT coalesce(decision, CASE WHEN verdict = 'none' THEN 'clean' ELSE 'pending' END),"
-                    " count(*) FROM checks GROUP BY 1"
-                ).fetchall()
-            )
+            counts = self.store.checks.counts()
             return {
                 "catalog_images": s.images,
                 "owners": s.owners,
@@ -350,7 +362,7 @@ async def _multipart(request: Request) -> tuple[Upload, dict[str, str]]:
     return Upload(data, os.path.basename(image.filename or "")), fields
 
 
-def create_app(engine: Engine, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+def create_app(engine: CheckService, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
     """The ASGI application serving ``engine``."""
     app = FastAPI(
         title="copyscan",

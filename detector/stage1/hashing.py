@@ -175,29 +175,56 @@ def _dihedral_dhash(bits: np.ndarray, name: str) -> np.ndarray | None:
 
 
 @dataclass(frozen=True)
-class Probe:
-    """One code a query is searched with: ``transform`` names the change to the query
-    (a :data:`DIHEDRAL` name, with ``+trim`` when cut to its content box); ``dhash`` is None
-    where it cannot be derived, and then only the pHash is searched."""
+class Transform:
+    """How a query was changed before one of its probes was computed: ``turn``, one of the
+    :data:`DIHEDRAL` flips and quarter turns, and ``trimmed``, cut to its content box first.
+    Written as ``'rot90+trim'`` in every record (:meth:`parse` reads it back)."""
 
-    transform: str
+    turn: str = "identity"
+    trimmed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.turn not in DIHEDRAL:
+            raise ValueError(f"unknown turn {self.turn!r}")
+
+    def __str__(self) -> str:
+        return self.turn + ("+trim" if self.trimmed else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Transform:
+        """The transform a record names (``'hflip'``, ``'identity+trim'``, ...)."""
+        turn, _, rest = text.partition("+")
+        if rest not in ("", "trim"):
+            raise ValueError(f"unknown transform {text!r}")
+        return cls(turn, rest == "trim")
+
+
+IDENTITY = Transform()  # the query as it is
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One code a query is searched with: ``transform`` says how the query was changed for
+    it; ``dhash`` is None where it cannot be derived, and then only the pHash is searched."""
+
+    transform: Transform
     phash: int
     dhash: int | None
 
 
-def dihedral_probes(grey: Image.Image, transforms: tuple[str, ...], suffix: str = "") -> list[Probe]:
-    """Probes for the given dihedral transforms of a mode-'L' image, from one resize and one
-    DCT: every variant's pHash comes from the original's DCT block, and the mirrored variants'
-    dHash from its gradient bits."""
+def dihedral_probes(grey: Image.Image, turns: tuple[str, ...], trimmed: bool = False) -> list[Probe]:
+    """Probes for the given dihedral turns of a mode-'L' image (``trimmed``: the image is a
+    content box), from one resize and one DCT: every variant's pHash comes from the
+    original's DCT block, and the mirrored variants' dHash from its gradient bits."""
     grey = working_grey(grey)
     low = low_dct(grey)
     bits = dhash_bits(grey)
     probes = []
-    for name in transforms:
+    for name in turns:
         dbits = _dihedral_dhash(bits, name)
         probes.append(
             Probe(
-                transform=name + suffix,
+                transform=Transform(name, trimmed),
                 phash=phash_from_low(_dihedral_low(low, name)),
                 dhash=pack_bits(dbits) if dbits is not None else None,
             )

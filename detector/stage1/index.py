@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.stage1.hashing import Probe
+from detector.stage1.hashing import IDENTITY, Probe, Transform
 from detector.stage1.mih import MultiIndexHash
 
 _NO_CODE = 64  # the distance given to a probe without a dHash: never within any radius
@@ -38,13 +38,20 @@ class Candidate:
     catalog_id: int
     hamming_phash: int
     hamming_dhash: int
-    transform: str = "identity"
+    transform: Transform = IDENTITY
     within_radius: bool = True  # False for a candidate only the embedding found
 
     @property
     def hamming(self) -> int:
         """The stage-1 distance: the closer of the two codes."""
         return min(self.hamming_phash, self.hamming_dhash)
+
+    @property
+    def turn(self) -> str:
+        """How the query is turned to compare it with this candidate: as its probe matched
+        when that was within the radius; as it is for a candidate that only the embedding
+        found (its closest probe is then chance)."""
+        return self.transform.turn if self.within_radius else "identity"
 
 
 @dataclass(frozen=True)
@@ -206,7 +213,7 @@ class HammingIndex:
         """Catalog images with a code whose pHash is within ``radius_phash`` bits or whose dHash
         is within ``radius_dhash`` bits of the query's, closest first (by the sum of both
         distances), at most ``limit``."""
-        return self.search_probes([Probe("identity", phash, dhash)], radius_phash, radius_dhash, limit)
+        return self.search_probes([Probe(IDENTITY, phash, dhash)], radius_phash, radius_dhash, limit)
 
     def search_probes(
         self,
@@ -272,6 +279,6 @@ def _probe_radii(probe: Probe, radii: tuple[int, int, int, int]) -> tuple[int, i
     """A probe's pHash, dHash and sum radii: flipped and turned probes search at most
     ``radius_variant`` bits on each code and no sum."""
     r_p, r_d, r_v, r_s = radii
-    if probe.transform.startswith("identity"):
+    if probe.transform.turn == "identity":
         return r_p, r_d, r_s
     return min(r_p, r_v), min(r_d, r_v), 128

@@ -8,7 +8,7 @@ Build one Embedder per process and reuse it: the weights load in its constructor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,3 +163,25 @@ def from_blobs(blobs: Sequence[bytes]) -> np.ndarray:
     arr = arr.astype(np.float32)
     arr /= np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
     return arr
+
+
+class Models:
+    """Builds the embedder on first use and keeps it: the weights load once per process."""
+
+    def __init__(self, settings: Settings, factory: Callable[[Settings], Embedder] = Embedder) -> None:
+        self.settings = settings
+        self._factory = factory
+        self._embedder: Embedder | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = self._factory(self.settings)
+        return self._embedder
+
+    def embed(self, images: Iterable[np.ndarray]) -> np.ndarray:
+        """Descriptors of CNN-sized images: (n, 1280) float32 unit vectors."""
+        batch = list(images)
+        if not batch:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        return self.embedder.embed(batch)

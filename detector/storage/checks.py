@@ -36,18 +36,12 @@ class NewCheck:
 
 
 @dataclass(frozen=True)
-class CheckRecord:
-    """A stored check with the moderator's decision (None until one is taken)."""
+class CheckRecord(NewCheck):
+    """A stored check: what was stored, its id and time, and the moderator's decision (None
+    until one is taken)."""
 
     id: int
     checked_at: str
-    sha256: str | None
-    name: str | None
-    upload_path: str | None
-    status: str
-    error: str | None
-    verdict: str
-    result: dict[str, Any]
     decision: str | None
     decided_at: str | None
     note: str | None
@@ -127,16 +121,16 @@ def _check(row: Sequence[Any]) -> CheckRecord:
     except ValueError:
         result = {}
     return CheckRecord(
-        int(row[0]),
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        row[7],
-        result if isinstance(result, dict) else {},
-        row[9],
-        row[10],
-        row[11],
+        id=int(row[0]),
+        checked_at=row[1],
+        sha256=row[2],
+        name=row[3],
+        upload_path=row[4],
+        status=row[5],
+        error=row[6],
+        verdict=row[7],
+        result=result if isinstance(result, dict) else {},
+        decision=row[9],
+        decided_at=row[10],
+        note=row[11],
     )

@@ -8,10 +8,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from detector.config import Settings
-from detector.intake.prepare import Models, Prepared
+from detector.intake.prepare import Prepared
 from detector.intake.workers import prepared_batches
 from detector.stage1.hashing import to_sqlite
-from detector.stage2.embedding import to_blob
+from detector.stage2.embedding import Models, to_blob
 from detector.storage.catalog import NewCatalogImage
 from detector.storage.store import Store
 

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.config import Settings
-from detector.intake.prepare import Models, Prepared
+from detector.intake.prepare import Prepared
 from detector.intake.workers import prepared_batches
 from detector.records import NONE
 from detector.scoring import score, verdict
-from detector.stage1.hashing import Probe
+from detector.stage1.hashing import IDENTITY, Probe
 from detector.stage1.index import HammingIndex
+from detector.stage2.embedding import Models
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def find_duplicates(
     for i, p in enumerate(good):
         if p.codes is None:
             continue
-        probe = [Probe("identity", p.codes.phash, p.codes.dhash)]
+        probe = [Probe(IDENTITY, p.codes.phash, p.codes.dhash)]
         r_p, r_d, r_s = settings.radius_phash, settings.radius_dhash, settings.radius_sum
         for c in index.search_probes(probe, r_p, r_d, len(good), radius_sum=r_s):
             if c.catalog_id != i:

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detector.config import Settings
+from detector.config import FAST, Settings
 from detector.errors import ImageError
 from detector.intake.loader import load_image
-from detector.intake.prepare import Models
 from detector.intake.workers import prepared_batches
 from detector.records import ScanResult
-from detector.scan.scanner import FAST, Scanner
+from detector.scan.scanner import Scanner
+from detector.stage2.embedding import Models
 from detector.storage.store import Store
 from detector.tasks.attacks import FAMILIES, attack
 

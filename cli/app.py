@@ -1,0 +1,168 @@
+"""What every command shares: the group's options (``App``), option bundles, progress bars
+and status lines on stderr, and the mapping of library errors to exit statuses. The command
+line parses, calls one library function and prints: no engine logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from detector.config import EffectiveSettings, Settings, effective_settings, parse_setting, settings_table
+from detector.errors import CopyscanError, SettingError
+
+EXIT_MATCH = 0
+EXIT_NO_MATCH = 1
+EXIT_ERROR = 2
+EXIT_LOCKED = 3  # another copyscan run holds the database
+# Where the command line's defaults differ from the library's: a copyscan process decodes in
+# worker processes (the library does not start processes unless asked, since Python re-imports
+# the caller's main module in each worker).
+CLI_DEFAULTS: dict[str, Any] = {"jobs": 0}
+
+
+@dataclass
+class App:
+    """What the group options give every command."""
+
+    db: str
+    quiet: bool
+    overrides: dict[str, Any]  # --set NAME=VALUE, which beat settings stored in the database
+    settings: Settings = field(default_factory=Settings)
+    effective: EffectiveSettings | None = None
+    _models: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.settings = effective_settings({}, self.overrides, CLI_DEFAULTS).settings
+
+    def open_store(self, create: bool = False, rehashing: bool = False) -> Any:
+        """Open the database; settings it stores (calibrated thresholds) become this run's
+        defaults, under any --set. ``rehashing``: a database of another hasher is accepted."""
+        from detector.stage1.hashing import HASHER_ID
+        from detector.stage2.embedding import embedder_id
+        from detector.storage.store import Store
+
+        store = Store.open(
+            self.db, hasher=HASHER_ID, embedder=embedder_id(self.settings), create=create, rehashing=rehashing
+        )
+        self.effective = effective_settings(store.saved_settings.read(), self.overrides, CLI_DEFAULTS)
+        for note in self.effective.ignored:
+            self.say(f"warning: {note}")
+        self.settings = self.effective.settings
+        return store
+
+    @property
+    def models(self) -> Any:
+        if self._models is None:
+            from detector.stage2.embedding import Models
+
+            self._models = Models(self.settings)
+        return self._models
+
+    def progress(self, length: int, label: str) -> Any:
+        """A progress bar on stderr (``.update(n)``), only when stderr is a terminal and not
+        --quiet; otherwise a silent stand-in."""
+        if self.quiet or not sys.stderr.isatty():
+            return _no_bar()
+        return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+
+    def say(self, message: str) -> None:
+        """A status line on stderr, unless --quiet."""
+        if not self.quiet:
+            click.echo(message, err=True)
+
+
+class _SilentBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+@contextmanager
+def _no_bar() -> Iterator[_SilentBar]:
+    yield _SilentBar()
+
+
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` pairs as typed values, each within its range."""
+    names = [name for name, _, _ in settings_table()]
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in names:
+            raise click.BadParameter(
+                f"{pair!r}: expected NAME=VALUE with NAME one of: {', '.join(names)}",
+                param_hint="--set",
+            )
+        try:
+            changes[name] = parse_setting(name, raw)
+            Settings().replace(**{**CLI_DEFAULTS, **changes})
+        except ValueError as e:  # SettingError is one too
+            raise click.BadParameter(f"{pair!r}: {e}", param_hint="--set") from e
+    return changes
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(App).quiet = True
+
+
+quiet_option = click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_quiet,
+    help="No progress bar or status lines on stderr.",
+)
+
+
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for another run holding the database to finish (else exit 3).",
+)
+
+
+@contextmanager
+def locked(app: App, command: str, wait: float) -> Iterator[None]:
+    """Hold the database's writer lock; another run holding it exits with status 3."""
+    from detector.storage.locking import DatabaseLock
+
+    with exit_3_when_locked(), DatabaseLock(app.db, command, wait):
+        yield
+
+
+@contextmanager
+def exit_3_when_locked() -> Iterator[None]:
+    """Another run holding the database: its holder on stderr, exit status 3."""
+    from detector.storage.locking import Locked
+
+    try:
+        yield
+    except Locked as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(EXIT_LOCKED)
+
+
+@contextmanager
+def errors_to_click() -> Iterator[None]:
+    """Domain errors become one clear line and exit status 1, never a traceback (a bad
+    setting is bad usage: status 2)."""
+    try:
+        yield
+    except SettingError as e:
+        raise click.UsageError(str(e)) from e
+    except CopyscanError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"

@@ -1,0 +1,85 @@
+"""``copyscan runs`` and ``copyscan report``: the scan history and its infringement reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cli.app import App, errors_to_click
+
+
+@click.command()
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest runs shown.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+@click.pass_obj
+def runs(app: App, limit: int, fmt: str) -> None:
+    """Scan runs recorded in the database, newest first: status, times and counts."""
+    with errors_to_click(), app.open_store() as store:
+        found = store.history.runs(limit)
+    for r in found:
+        if fmt == "jsonl":
+            click.echo(json.dumps(dataclasses.asdict(r), ensure_ascii=False))
+            continue
+        counts = "-" if r.items is None else f"{r.items} images, {r.matched} flagged, {r.errors} errors"
+        click.echo(
+            f"{r.id:>5}  {r.status:<11} {r.started_at}  {r.finished_at or '-':<25}  "
+            f"{r.mode or '-':<8} {counts}"
+        )
+
+
+@click.command("report")
+@click.argument("run", type=int, required=False)
+@click.option(
+    "--html", "html_dir", type=click.Path(file_okay=False), help="Write an HTML report folder here."
+)
+@click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the flagged pairs as CSV here."
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
+@click.option("--new", "new_only", is_flag=True, help="Only pairs that no earlier run flagged.")
+@click.pass_obj
+def report_command(
+    app: App,
+    run: int | None,
+    html_dir: str | None,
+    csv_path: str | None,
+    json_path: str | None,
+    new_only: bool,
+) -> None:
+    """Write the infringement report of a scan run (the newest without RUN).
+
+    --html DIR: a self-contained folder (index.html and thumbnails) to open offline: for each
+    catalog image its copies side by side, the matched region outlined, sortable and
+    filterable. --csv and --json for machines. '-' writes CSV or JSON to stdout.
+    """
+    from detector.outputs import report as records
+
+    if not (html_dir or csv_path or json_path):
+        raise click.UsageError("name at least one of --html DIR, --csv FILE, --json FILE")
+    with errors_to_click(), app.open_store() as store:
+        found = store.reports.load(run, new_only=new_only)
+    if html_dir:
+        from detector.outputs.html import write_html
+
+        with errors_to_click():
+            index = write_html(found, Path(html_dir), app.settings)
+        app.say(f"HTML report written to {index}")
+    if csv_path:
+        if csv_path == "-":
+            records.report_csv(found, sys.stdout)
+        else:
+            with open(csv_path, "w", encoding="utf-8", newline="") as out:
+                records.report_csv(found, out)
+    if json_path:
+        with click.open_file(json_path, "w", encoding="utf-8") as out:
+            json.dump(records.report_json(found), out, ensure_ascii=False, indent=1)
+            out.write("\n")
+    new = sum(r.new for r in found.rows)
+    app.say(
+        f"run {found.run.id} ({found.run.status}): {len(found.rows)} flagged pairs"
+        f"{' new since earlier runs' if new_only else f', {new} new since earlier runs'}"
+    )

@@ -1,0 +1,38 @@
+"""The one bounded cache the stages share: a mapping that forgets its least recently used
+entry. Each stage owns its own instances (keypoints, descriptors, decoded images)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class LRU(Generic[V]):
+    """At most ``limit`` values by key; ``None`` is a value like any other (a remembered miss,
+    such as a catalog file that cannot be read any more)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("an LRU holds at least one entry")
+        self.limit = limit
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def get_or(self, key: Hashable, compute: Callable[[], V]) -> V:
+        """The value kept for ``key`` (now the most recently used), or ``compute()`` kept."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = compute()
+        self._items[key] = value
+        if len(self._items) > self.limit:
+            self._items.popitem(last=False)
+        return value

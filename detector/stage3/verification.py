@@ -1,0 +1,188 @@
+"""Stage 3 as a stage of the chain: the best candidates of each query checked geometrically.
+
+The query's best ``verify_top`` candidates by stages 1 and 2 (those at least
+``verify_floor``) are matched with ORB keypoints and an affine RANSAC
+(:mod:`detector.stage3.keypoints`), the query turned the way its probe matched. In thorough
+mode a candidate the CNN finds close (``inverted_cosine``) but ORB does not confirm is also
+matched with the query's grey image inverted (a colour-inverted copy), and where ORB leaves
+one of the best ``sift_top`` short of ``inliers_full`` SIFT's inliers are counted too; a
+blurred query's SIFT keypoints also meet those of the catalog image degraded alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from detector.config import THOROUGH, Settings
+from detector.intake.catalog_images import CatalogImages
+from detector.lru import LRU
+from detector.records import Region
+from detector.stage1.hashing import dihedral_image, undo_dihedral_points
+from detector.stage2.descriptors import ranked
+from detector.stage2.embedding import degraded
+from detector.stage3.keypoints import Features, Verification, features, sift_features, verify, verify_grey
+
+if TYPE_CHECKING:
+    from detector.scan.case import Case
+
+Extract = Callable[[np.ndarray, Settings], Features]  # features or sift_features
+_ORB_CACHE = 2048  # catalog images whose ORB keypoints are kept (about 40 kB each)
+_SIFT_CACHE = 2048  # and SIFT keypoints of catalog images, some also degraded (about 70 kB each)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Stage 3's word on one pair: RANSAC ``inliers`` (None when either image was too smooth
+    to judge), and the region that matched in the query image (as the file is, before any
+    turn) and in the catalog image, as polygons of fractions of each one's width and height."""
+
+    inliers: int | None
+    query_region: Region | None = None
+    catalog_region: Region | None = None
+    sift_inliers: int | None = None  # SIFT's count, where it was also asked (thorough mode)
+
+    def confirms(self, settings: Settings) -> bool:
+        """Whether the keypoints found more than chance agreement."""
+        orb = self.inliers is not None and self.inliers > settings.inliers_floor
+        return orb or (self.sift_inliers is not None and self.sift_inliers > settings.sift_floor)
+
+    @property
+    def refutes(self) -> bool:
+        """Whether ORB and SIFT both judged the pair and neither found a single inlier."""
+        return self.inliers == 0 and self.sift_inliers == 0
+
+
+class VerificationStage:
+    """Stage 3: sets ``case.evidence`` (by catalog id) of each case the CNN ran on, when
+    ``verify`` is on. Evidence stays None as a whole when no checked catalog image could be
+    read (stage 3 then has no say); a candidate it did not check counts 0 inliers."""
+
+    def __init__(self, settings: Settings, mode: str, images: CatalogImages) -> None:
+        self.settings = settings
+        self.thorough = mode == THOROUGH
+        self.images = images
+        self._orb: LRU[Features | None] = LRU(_ORB_CACHE)
+        self._sift: LRU[Features | None] = LRU(_SIFT_CACHE)
+
+    def fill(self, cases: Sequence[Case]) -> None:
+        if not self.settings.verify:
+            return
+        for case in cases:
+            if case.embedded:
+                case.evidence = self._verify(case)
+
+    def _verify(self, case: Case) -> dict[int, Evidence] | None:
+        s = self.settings
+        chosen = [c for value, c in ranked(case, s)[: s.verify_top] if value >= s.verify_floor]
+        grey = case.query.grey
+        if grey is None:
+            return None
+        query = _QueryKeypoints(grey, s)
+        out: dict[int, Evidence] = {}
+        for rank, c in enumerate(chosen):
+            cid, path = c.catalog_id, case.entries[c.catalog_id].path
+            catalog = self.catalog_keypoints(cid, path)
+            if catalog is None:
+                continue
+            turn = c.turn
+            orb = verify(query.orb(turn), catalog, s)
+            if orb.keypoints < s.min_keypoints:
+                out[cid] = Evidence(None)
+                continue
+            close = round(case.cosines[cid], 4) >= s.inverted_cosine
+            if self.thorough and orb.inliers <= s.inliers_floor and close:
+                # a colour-inverted copy: its keypoints match the original's only once inverted back
+                inverted = verify(query.inverted(turn), catalog, s)
+                if inverted.keypoints >= s.min_keypoints and inverted.inliers > orb.inliers:
+                    orb = inverted
+            sift = None
+            if self.thorough and s.sift and rank < s.sift_top and orb.inliers < s.inliers_full:
+                sift = self._sift_verification(query, turn, cid, path, case.blurred)
+            out[cid] = self._evidence(orb, sift, turn)
+        if chosen and not out:
+            return None
+        return out
+
+    def _sift_verification(
+        self, query: _QueryKeypoints, turn: str, cid: int, path: str, blurred: bool
+    ) -> Verification | None:
+        """SIFT's best match of the query (turned) with the catalog image as it is and, for a
+        blurred query, degraded by each blur factor (like with like); None when the file is
+        unreadable."""
+        best = None
+        for factor in (1, *self.settings.blur_factors) if blurred else (1,):
+            catalog = self.catalog_keypoints(cid, path, sift=True, factor=factor)
+            if catalog is None:
+                continue
+            v = verify(query.sift(turn), catalog, self.settings)
+            if best is None or v.inliers > best.inliers:
+                best = v
+        return best
+
+    def catalog_keypoints(
+        self, catalog_id: int, path: str, sift: bool = False, factor: int = 1
+    ) -> Features | None:
+        """ORB (or ``sift``) keypoints of a catalog image, degraded ``factor`` times when above
+        1, computed once while among the most recently used; None when its file cannot be read
+        any more."""
+        if sift:
+            extract = partial(self._features, catalog_id, path, factor, sift_features)
+            return self._sift.get_or((catalog_id, factor), extract)
+        return self._orb.get_or(catalog_id, partial(self._features, catalog_id, path, factor, features))
+
+    def _features(self, catalog_id: int, path: str, factor: int, extract: Extract) -> Features | None:
+        """Keypoints of a catalog image (degraded ``factor`` times when above 1); None when
+        its file cannot be read any more."""
+        rgb = self.images.rgb(catalog_id, path)
+        if rgb is None:
+            return None
+        grey = verify_grey(rgb, self.settings)
+        return extract(grey if factor == 1 else degraded(grey, factor), self.settings)
+
+    def _evidence(self, orb: Verification, sift: Verification | None, turn: str) -> Evidence:
+        """The evidence of a pair, with the region shown: ORB's beyond chance, else SIFT's
+        beyond chance, else none (the query's region turned back to the file's frame)."""
+        s = self.settings
+        sift_inliers = None if sift is None else sift.inliers
+        shown = orb if orb.inliers > s.inliers_floor else None
+        if shown is None and sift is not None and sift.inliers > s.sift_floor:
+            shown = sift
+        if shown is None or shown.query_region is None:
+            return Evidence(orb.inliers, sift_inliers=sift_inliers)
+        back = undo_dihedral_points(shown.query_region, turn)
+        return Evidence(orb.inliers, back, shown.catalog_region, sift_inliers)
+
+
+class _QueryKeypoints:
+    """The query's keypoints per turn, each computed on first use: ORB's, ORB's of the image
+    inverted, and SIFT's."""
+
+    def __init__(self, grey: np.ndarray, settings: Settings) -> None:
+        self.grey = grey
+        self.settings = settings
+        self._found: dict[tuple[str, str], Features] = {}
+
+    def orb(self, turn: str) -> Features:
+        return self._get("orb", turn)
+
+    def inverted(self, turn: str) -> Features:
+        return self._get("inverted", turn)
+
+    def sift(self, turn: str) -> Features:
+        return self._get("sift", turn)
+
+    def _get(self, kind: str, turn: str) -> Features:
+        key = (kind, turn)
+        if key not in self._found:
+            grey = dihedral_image(self.grey, turn)
+            if kind == "inverted":
+                self._found[key] = features(255 - grey, self.settings)
+            elif kind == "sift":
+                self._found[key] = sift_features(grey, self.settings)
+            else:
+                self._found[key] = features(grey, self.settings)
+        return self._found[key]

@@ -1,0 +1,173 @@
+"""Each stage of the chain on its own, with a stub descriptor (no network, no torch): what it
+reads of the case record, what it writes, and that the chain runs them in order, once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from detector import scoring
+from detector.config import FAST, THOROUGH, Settings
+from detector.intake.catalog_images import CatalogImages
+from detector.intake.loader import content_hash
+from detector.intake.prepare import Prepared, prepare_bytes
+from detector.scan.case import Case
+from detector.scan.catalog import LoadedCatalog
+from detector.scan.chain import Chain
+from detector.scoring import ScoringStage
+from detector.stage1.candidates import CandidateStage
+from detector.stage1.hashing import HASHER_ID
+from detector.stage2.descriptors import DescriptorStage
+from detector.stage2.embedding import EMBEDDING_DIM, Models, embedder_id
+from detector.stage3.verification import VerificationStage
+from detector.storage.store import Store
+from detector.tasks.cataloging import add_to_catalog
+
+from .conftest import FIXTURES, textured
+
+SETTINGS = Settings()
+
+
+class StubEmbedder:
+    """A descriptor without a network: the image's 16x16 grey thumbnail, centred, repeated to
+    1,280 values and L2-normalised. Equal images get cosine 1; unrelated ones about 0."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.calls = 0
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        self.calls += 1
+        out = np.empty((len(images), EMBEDDING_DIM), dtype=np.float32)
+        for i, im in enumerate(images):
+            grey = cv2.cvtColor(cv2.resize(im, (16, 16), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+            v = np.resize(grey.astype(np.float32).ravel() - grey.mean(), EMBEDDING_DIM)
+            out[i] = v / max(float(np.linalg.norm(v)), 1e-6)
+        return out
+
+
+@pytest.fixture(scope="module")
+def stub() -> Models:
+    return Models(SETTINGS, factory=StubEmbedder)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, stub) -> Store:
+    db = tmp_path_factory.mktemp("stages") / "s.db"
+    opened = Store.open(db, hasher=HASHER_ID, embedder=embedder_id(SETTINGS))
+    files = sorted(str(p) for p in (FIXTURES / "catalog").iterdir())
+    assert all(r.status == "added" for r in add_to_catalog(opened, stub, files, SETTINGS))
+    return opened
+
+
+def _case(path: Path | str, settings: Settings = SETTINGS) -> Case:
+    data = Path(path).read_bytes()
+    return Case(prepare_bytes(str(path), data, content_hash(data), settings))
+
+
+def _ids(store: Store) -> dict[str, int]:
+    return {Path(e.path).stem: e.id for e in store.catalog.list()}
+
+
+def _stage_2(store: Store, stub: Models, mode: str, settings: Settings = SETTINGS) -> DescriptorStage:
+    loaded = LoadedCatalog.from_store(store, mode)
+    return DescriptorStage(loaded, stub, settings, mode, CatalogImages(settings))
+
+
+def test_stage_1_finds_a_catalog_image_by_its_codes_and_nothing_for_a_stranger(store, tmp_path):
+    stranger = tmp_path / "stranger.png"
+    cv2.imwrite(str(stranger), textured(5, (200, 150)))
+    copy, other = _case(FIXTURES / "crawl" / "coffee-jpeg.jpg"), _case(stranger)
+    CandidateStage(LoadedCatalog.from_store(store, FAST).index, SETTINGS).fill([copy, other])
+    best = copy.candidates[0]
+    assert best.catalog_id == _ids(store)["coffee"] and best.hamming <= 4 and best.within_radius
+    assert copy.hits is not None and copy.hits.candidates == copy.candidates
+    assert other.candidates == () and other.hits is not None
+    assert not copy.embedded and copy.cosines == {}  # stage 1 writes only its own part
+
+
+def test_stage_2_fast_embeds_only_queries_with_candidates(store, stub, tmp_path):
+    stranger = tmp_path / "stranger.png"
+    cv2.imwrite(str(stranger), textured(6, (200, 150)))
+    copy, other = _case(FIXTURES / "crawl" / "rocket-jpeg.jpg"), _case(stranger)
+    CandidateStage(LoadedCatalog.from_store(store, FAST).index, SETTINGS).fill([copy, other])
+    _stage_2(store, stub, FAST).fill([copy, other])
+    rocket = _ids(store)["rocket"]
+    assert copy.embedded and not other.embedded
+    assert copy.cosines[rocket] > 0.95 and set(copy.entries) == set(copy.cosines)
+    assert copy.rivals is None and not copy.blurred  # thorough-mode parts stay empty
+
+
+def test_stage_2_thorough_adds_the_nearest_descriptors_as_candidates(store, stub, tmp_path):
+    settings = SETTINGS.replace(neighbours=3)
+    stranger = tmp_path / "stranger.png"
+    cv2.imwrite(str(stranger), textured(7, (200, 150)))
+    case = _case(stranger, settings)
+    CandidateStage(LoadedCatalog.from_store(store, THOROUGH).index, settings).fill([case])
+    assert case.candidates == ()
+    _stage_2(store, stub, THOROUGH, settings).fill([case])
+    assert case.embedded and len(case.candidates) == 3
+    assert not any(c.within_radius for c in case.candidates)  # found by their descriptors only
+    assert case.rivals is not None and set(case.rivals) == set(case.cosines)
+
+
+def test_stage_3_confirms_a_crop_and_has_no_say_when_switched_off(store, stub):
+    crop = _case(FIXTURES / "crawl" / "chelsea-crop.jpg")
+    CandidateStage(LoadedCatalog.from_store(store, FAST).index, SETTINGS).fill([crop])
+    _stage_2(store, stub, FAST).fill([crop])
+    images = CatalogImages(SETTINGS)
+    VerificationStage(SETTINGS, FAST, images).fill([crop])
+    chelsea = _ids(store)["chelsea"]
+    assert crop.evidence is not None and (crop.evidence[chelsea].inliers or 0) > SETTINGS.inliers_full
+    assert crop.evidence[chelsea].query_region is not None
+    off = SETTINGS.replace(verify=False)
+    again = _case(FIXTURES / "crawl" / "chelsea-crop.jpg", off)
+    again.candidates, again.cosines, again.entries, again.embedded = (
+        crop.candidates,
+        crop.cosines,
+        crop.entries,
+        True,
+    )
+    VerificationStage(off, FAST, images).fill([again])
+    assert again.evidence is None
+
+
+def test_the_chain_runs_each_stage_once_in_order_and_scores_each_candidate_once(store, stub, monkeypatch):
+    chain = Chain(LoadedCatalog.from_store(store, THOROUGH), stub, SETTINGS, THOROUGH)
+    order: list[str] = []
+    for stage in chain.stages:
+        fill, label = stage.fill, type(stage).__name__
+
+        def spy(cases, fill=fill, name=label):
+            order.append(name)
+            fill(cases)
+
+        monkeypatch.setattr(stage, "fill", spy)
+    judged: list[int] = []
+    real = scoring.judge
+
+    def counting(c, *args, **kw):
+        judged.append(c.catalog_id)
+        return real(c, *args, **kw)
+
+    monkeypatch.setattr(scoring, "judge", counting)
+    bad = Prepared("broken.jpg", error="CorruptImage: truncated")
+    results = chain.run([_case(FIXTURES / "crawl" / "astronaut-crop.jpg").query, bad])
+    assert order == ["CandidateStage", "DescriptorStage", "VerificationStage", "ScoringStage"]
+    assert results[1].status == "error" and results[1].error == "CorruptImage: truncated"
+    assert results[0].matches[0].catalog_id == _ids(store)["astronaut"]
+    assert len(judged) == len(set(judged)) == results[0].candidates  # once per candidate
+
+
+def test_reporting_shares_the_stages_and_changes_only_the_output(store, stub):
+    chain = Chain(LoadedCatalog.from_store(store, FAST), stub, SETTINGS, FAST)
+    narrow = chain.reporting(SETTINGS.replace(top_k=1, min_score=0.0))
+    assert narrow.stages[:3] == chain.stages[:3] and isinstance(narrow.stages[3], ScoringStage)
+    query = _case(FIXTURES / "crawl" / "retina-jpeg.jpg").query
+    (wide,) = chain.reporting(SETTINGS.replace(min_score=0.0)).run([query])
+    (one,) = narrow.run([query])
+    assert len(one.matches) == 1 and one.matches[0] == wide.matches[0]
