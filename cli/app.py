@@ -4,6 +4,7 @@ line parses, calls one library function and prints: no engine logic lives here."
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,10 +16,44 @@ import click
 from detector.config import EffectiveSettings, Settings, effective_settings, parse_setting, settings_table
 from detector.errors import CopyscanError, SettingError
 
-EXIT_MATCH = 0
-EXIT_NO_MATCH = 1
-EXIT_ERROR = 2
+EXIT_OK = 0
+EXIT_FAILED = 1  # it could not run, or stopped on a failure (the run stays resumable)
+EXIT_USAGE = 2
 EXIT_LOCKED = 3  # another copyscan run holds the database
+EXIT_PARTIAL = 4  # it completed, but some inputs could not be used
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+EXIT_MATCH = 0  # check, like grep: a copy or near-duplicate was found
+EXIT_NO_MATCH = 1
+EXIT_ERROR = 2  # check: the image or the database could not be used, or check failed
+
+# The exit-status contract, as the README states it (a test holds the two together).
+EXIT_STATUSES: dict[str, tuple[tuple[int, str], ...]] = {
+    "scan, catalog add, dedupe": (
+        (EXIT_OK, "the work completed and every input was used"),
+        (
+            EXIT_FAILED,
+            "it could not run or stopped on a failure: no database, a missing input path, "
+            "an unwritable output, a full disk (a scan run is then interrupted: --resume goes on)",
+        ),
+        (EXIT_USAGE, "bad usage, a setting out of range"),
+        (EXIT_LOCKED, "another run holds the database (--wait SECONDS to wait for it)"),
+        (EXIT_PARTIAL, "the work completed but some inputs could not be used (the summary says how many)"),
+        (EXIT_SIGINT, "stopped by SIGINT (a scan run is recorded as interrupted)"),
+        (EXIT_SIGTERM, "stopped by SIGTERM (likewise)"),
+    ),
+    "check": (
+        (EXIT_MATCH, "a copy or near-duplicate was found"),
+        (EXIT_NO_MATCH, "no match"),
+        (EXIT_ERROR, "the image or the database could not be used, or the check failed"),
+    ),
+    "every other command": (
+        (EXIT_OK, "done"),
+        (EXIT_FAILED, "it could not be done (the line on stderr says why)"),
+        (EXIT_USAGE, "bad usage"),
+        (EXIT_LOCKED, "catalog remove and rehash: another run holds the database"),
+    ),
+}
 # Where the command line's defaults differ from the library's: a copyscan process decodes in
 # worker processes (the library does not start processes unless asked, since Python re-imports
 # the caller's main module in each worker).
@@ -39,15 +74,21 @@ class App:
     def __post_init__(self) -> None:
         self.settings = effective_settings({}, self.overrides, CLI_DEFAULTS).settings
 
-    def open_store(self, create: bool = False, rehashing: bool = False) -> Any:
+    def open_store(self, create: bool = False, rehashing: bool = False, readonly: bool = False) -> Any:
         """Open the database; settings it stores (calibrated thresholds) become this run's
-        defaults, under any --set. ``rehashing``: a database of another hasher is accepted."""
+        defaults, under any --set. ``rehashing``: a database of another hasher is accepted;
+        ``readonly``: for commands that only read (a database on read-only storage works)."""
         from detector.stage1.hashing import HASHER_ID
         from detector.stage2.embedding import embedder_id
         from detector.storage.store import Store
 
         store = Store.open(
-            self.db, hasher=HASHER_ID, embedder=embedder_id(self.settings), create=create, rehashing=rehashing
+            self.db,
+            hasher=HASHER_ID,
+            embedder=embedder_id(self.settings),
+            create=create,
+            rehashing=rehashing,
+            readonly=readonly,
         )
         self.effective = effective_settings(store.saved_settings.read(), self.overrides, CLI_DEFAULTS)
         for note in self.effective.ignored:
@@ -131,6 +172,11 @@ wait_option = click.option(
 )
 
 
+def run_id_type() -> click.IntRange:
+    """A run or catalog id: a whole number SQLite can hold."""
+    return click.IntRange(min=1, max=2**63 - 1)
+
+
 @contextmanager
 def locked(app: App, command: str, wait: float) -> Iterator[None]:
     """Hold the database's writer lock; another run holding it exits with status 3."""
@@ -148,7 +194,7 @@ def exit_3_when_locked() -> Iterator[None]:
     try:
         yield
     except Locked as e:
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {e}, or pass --wait SECONDS", err=True)
         sys.exit(EXIT_LOCKED)
 
 
@@ -162,6 +208,11 @@ def errors_to_click() -> Iterator[None]:
         raise click.UsageError(str(e)) from e
     except CopyscanError as e:
         raise click.ClickException(str(e)) from e
+    except sqlite3.Error as e:
+        raise click.ClickException(f"the database failed: {e}") from e
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        raise click.ClickException(f"cannot use{where}: {e.strerror or e}") from e
 
 
 def number(x: float | None) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from collections import Counter
 
 import click
 
-from cli.app import App, errors_to_click, locked, quiet_option, wait_option
+from cli.app import EXIT_PARTIAL, App, errors_to_click, locked, quiet_option, wait_option
+from detector.outputs.records import display, json_text
 
 
 @click.group()
@@ -26,14 +27,18 @@ def catalog_add(app: App, paths: tuple[str, ...], owner: str | None, wait: float
     """Index image files, folders (recursively) or list files (.txt/.lst, one path a line).
 
     Content already in the catalog is skipped, so a killed run can simply be rerun.
-    Unusable images are reported on stderr; the run goes on.
+    Unusable images are reported on stderr; the run goes on. Exit status: 0 every image was
+    used; 4 some could not be (they are listed); 1 a named path does not exist or the
+    database cannot be used; 3 another run holds the database.
     """
-    from detector.intake.sources import expand_sources
+    from detector.intake.sources import check_roots, expand_sources
     from detector.tasks.cataloging import add_to_catalog
 
     started = time.perf_counter()
     counts: Counter[str] = Counter()
-    with errors_to_click(), locked(app, "catalog add", wait), app.open_store(create=True) as store:
+    with errors_to_click():
+        check_roots(paths)
+    with errors_to_click(), app.open_store(create=True) as store, locked(app, "catalog add", wait):
         files = expand_sources(paths)
         with app.progress(len(files), "indexing") as bar:
             for result in add_to_catalog(store, app.models, files, app.settings, owner=owner):
@@ -44,6 +49,8 @@ def catalog_add(app: App, paths: tuple[str, ...], owner: str | None, wait: float
     elapsed = time.perf_counter() - started
     click.echo(f"added {counts['added']}, already in catalog {counts['known']}, errors {counts['error']}")
     app.say(f"{len(files)} files in {elapsed:.1f} s ({len(files) / max(elapsed, 1e-9):.1f} images/s)")
+    if counts["error"]:
+        sys.exit(EXIT_PARTIAL)
 
 
 @catalog.command("rehash")
@@ -65,7 +72,7 @@ def catalog_rehash(app: App, drop_missing: bool, wait: float) -> None:
     from detector.tasks.rehashing import rehash_catalog
 
     started = time.perf_counter()
-    with errors_to_click(), locked(app, "catalog rehash", wait), app.open_store(rehashing=True) as store:
+    with errors_to_click(), app.open_store(rehashing=True) as store, locked(app, "catalog rehash", wait):
         old = store.rehash.stored_hasher
         if old == HASHER_ID:
             click.echo(f"the catalog already uses hasher {HASHER_ID}: nothing to do")
@@ -95,11 +102,11 @@ def catalog_rehash(app: App, drop_missing: bool, wait: float) -> None:
 @click.pass_obj
 def catalog_list(app: App, owner: str | None, fmt: str) -> None:
     """List catalog images: id, owner, size, pHash, path."""
-    with errors_to_click(), app.open_store() as store:
+    with errors_to_click(), app.open_store(readonly=True) as store:
         for e in store.catalog.list(owner=owner):
             if fmt == "jsonl":
                 click.echo(
-                    json.dumps(
+                    json_text(
                         {
                             "id": e.id,
                             "path": e.path,
@@ -115,14 +122,15 @@ def catalog_list(app: App, owner: str | None, fmt: str) -> None:
                 )
             else:
                 size = f"{e.width}x{e.height}"
-                click.echo(f"{e.id:>6}  {e.owner or '-':<16} {size:>11}  {e.phash:016x}  {e.path}")
+                owner = display(e.owner or "-")
+                click.echo(f"{e.id:>6}  {owner:<16} {size:>11}  {e.phash:016x}  {display(e.path)}")
 
 
 @catalog.command("stats")
 @click.pass_obj
 def catalog_stats(app: App) -> None:
     """Counts of the catalog: images, owners, runs, database size and identities."""
-    with errors_to_click(), app.open_store() as store:
+    with errors_to_click(), app.open_store(readonly=True) as store:
         s = store.stats()
     click.echo(f"database        {app.db} ({s.file_bytes / 1e6:.1f} MB, schema v{s.schema_version})")
     click.echo(f"catalog images  {s.images}")
@@ -130,7 +138,7 @@ def catalog_stats(app: App) -> None:
     click.echo(f"hasher          {s.hasher}")
     click.echo(f"embedder        {s.embedder}")
     for owner, n in s.owners.items():
-        click.echo(f"owner           {owner or '(none)'}: {n}")
+        click.echo(f"owner           {display(owner) or '(none)'}: {n}")
 
 
 @catalog.command("remove")
@@ -143,6 +151,9 @@ def catalog_remove(app: App, targets: tuple[str, ...], owner: str | None) -> Non
         raise click.UsageError("name ids or paths to remove, or --owner")
     ids = [int(t) for t in targets if t.isdigit()]
     paths = [t for t in targets if not t.isdigit()]
-    with errors_to_click(), locked(app, "catalog remove", 0), app.open_store() as store:
+    too_big = [str(i) for i in ids if i >= 2**63]
+    if too_big:
+        raise click.BadParameter(f"no catalog id is that large: {', '.join(too_big)}", param_hint="TARGETS")
+    with errors_to_click(), app.open_store() as store, locked(app, "catalog remove", 0):
         n = store.catalog.remove(ids=ids, paths=paths, owner=owner)
     click.echo(f"removed {n}")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.app import App, errors_to_click, number, quiet_option
+from cli.app import App, errors_to_click, locked, number, quiet_option
 
 
 @click.command()
@@ -99,7 +99,11 @@ def evaluate(
     if held_out is None:
         held_out = 0 if distractor_paths else sample
     modes = ("fast", "thorough") if mode == "both" else (mode,)
-    with errors_to_click(), app.open_store() as store, tempfile.TemporaryDirectory() as tmp:
+    with (
+        errors_to_click(),
+        app.open_store(readonly=not calibrate) as store,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         dest = Path(keep_dir) if keep_dir else Path(tmp)
         size = store.stats().images
         if size < 2:
@@ -133,12 +137,13 @@ def evaluate(
             stored = ev.calibrate(predictions[last.mode], max(last.copies, 1), precision, near_precision)
             if stored is None:
                 raise click.ClickException(f"no threshold reaches {precision:.0%} precision; nothing stored")
-            store.saved_settings.save(
-                {
-                    "copy_threshold": stored.copy_threshold,
-                    "near_duplicate_threshold": stored.near_duplicate_threshold,
-                }
-            )
+            with locked(app, "evaluate --calibrate", 0):
+                store.saved_settings.save(
+                    {
+                        "copy_threshold": stored.copy_threshold,
+                        "near_duplicate_threshold": stored.near_duplicate_threshold,
+                    }
+                )
     if fmt == "json":
         click.echo(
             json.dumps(

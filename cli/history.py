@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import click
 
-from cli.app import App, errors_to_click
+from cli.app import App, errors_to_click, run_id_type
+from detector.outputs.records import json_text
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest runs shown.")
+@click.option("--limit", type=run_id_type(), default=20, show_default=True, help="Newest runs shown.")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
 @click.pass_obj
 def runs(app: App, limit: int, fmt: str) -> None:
     """Scan runs recorded in the database, newest first: status, times and counts."""
-    with errors_to_click(), app.open_store() as store:
+    with errors_to_click(), app.open_store(readonly=True) as store:
         found = store.history.runs(limit)
     for r in found:
         if fmt == "jsonl":
-            click.echo(json.dumps(dataclasses.asdict(r), ensure_ascii=False))
+            click.echo(json_text(dataclasses.asdict(r)))
             continue
         counts = "-" if r.items is None else f"{r.items} images, {r.matched} flagged, {r.errors} errors"
         click.echo(
@@ -32,7 +35,7 @@ def runs(app: App, limit: int, fmt: str) -> None:
 
 
 @click.command("report")
-@click.argument("run", type=int, required=False)
+@click.argument("run", type=run_id_type(), required=False)
 @click.option(
     "--html", "html_dir", type=click.Path(file_okay=False), help="Write an HTML report folder here."
 )
@@ -60,26 +63,32 @@ def report_command(
 
     if not (html_dir or csv_path or json_path):
         raise click.UsageError("name at least one of --html DIR, --csv FILE, --json FILE")
-    with errors_to_click(), app.open_store() as store:
+    with errors_to_click(), app.open_store(readonly=True) as store:
         found = store.reports.load(run, new_only=new_only)
-    if html_dir:
-        from detector.outputs.html import write_html
+    with errors_to_click():  # an unwritable folder or file: one line, status 1
+        if html_dir:
+            from detector.outputs.html import write_html
 
-        with errors_to_click():
             index = write_html(found, Path(html_dir), app.settings)
-        app.say(f"HTML report written to {index}")
-    if csv_path:
-        if csv_path == "-":
-            records.report_csv(found, sys.stdout)
-        else:
-            with open(csv_path, "w", encoding="utf-8", newline="") as out:
+            app.say(f"HTML report written to {index}")
+        if csv_path:
+            with _output(csv_path) as out:
                 records.report_csv(found, out)
-    if json_path:
-        with click.open_file(json_path, "w", encoding="utf-8") as out:
-            json.dump(records.report_json(found), out, ensure_ascii=False, indent=1)
-            out.write("\n")
+        if json_path:
+            with _output(json_path) as out:
+                out.write(json_text(records.report_json(found), indent=1) + "\n")
     new = sum(r.new for r in found.rows)
     app.say(
         f"run {found.run.id} ({found.run.status}): {len(found.rows)} flagged pairs"
         f"{' new since earlier runs' if new_only else f', {new} new since earlier runs'}"
     )
+
+
+@contextmanager
+def _output(path: str) -> Iterator[IO[str]]:
+    """A text file to write (newlines as given, for CSV), or stdout for '-'."""
+    if path == "-":
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        yield out

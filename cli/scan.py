@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import os
 import signal
 import sys
 import time
@@ -12,12 +12,15 @@ from collections.abc import Callable
 from typing import IO, Any
 
 import click
+from click.core import ParameterSource
 
 from cli.app import (
     CLI_DEFAULTS,
     EXIT_ERROR,
+    EXIT_FAILED,
     EXIT_MATCH,
     EXIT_NO_MATCH,
+    EXIT_PARTIAL,
     App,
     errors_to_click,
     exit_3_when_locked,
@@ -25,6 +28,7 @@ from cli.app import (
     wait_option,
 )
 from detector.errors import CopyscanError
+from detector.outputs.records import display, json_text
 
 
 class _Writer:
@@ -43,7 +47,7 @@ class _Writer:
 
     def write(self, result: Any) -> None:
         if self.fmt == "jsonl":
-            self.out.write(json.dumps(self.report.scan_record(result), ensure_ascii=False) + "\n")
+            self.out.write(self.report.json_text(self.report.scan_record(result)) + "\n")
         elif self.csv is not None:
             self.csv.writerows(self.report.csv_rows(result))
         else:
@@ -112,7 +116,7 @@ def _raise_stopped(signum: int, _frame: object) -> None:
 )
 @click.option(
     "--resume",
-    type=int,
+    type=click.IntRange(min=0, max=2**63 - 1),
     is_flag=False,
     flag_value=0,
     default=None,
@@ -145,9 +149,9 @@ def _raise_stopped(signum: int, _frame: object) -> None:
     help="Also write the results to this Parquet file (needs pyarrow).",
 )
 @wait_option
-@click.pass_obj
+@click.pass_context
 def scan(
-    app: App,
+    ctx: click.Context,
     paths: tuple[str, ...],
     fmt: str,
     top_k: int | None,
@@ -167,18 +171,27 @@ def scan(
     Writes one record per image (also for no match and for errors), matches best first,
     and records the run in the database: every item by content hash, every match with its
     evidence. Content an earlier run scanned against the same catalog and settings is not
-    decoded again (--rescan to force it). One run per database at a time.
+    decoded again (--rescan to force it). One run per database at a time. Paths are made
+    absolute; every option is stored with the run, and --resume goes on with them (writing
+    again what a broken pipe or a full disk kept from the outputs).
 
-    Exit status: 0 the run completed (whatever it found); 1 it could not run; 2 bad usage;
-    3 another run holds the database; 130 / 143 stopped by SIGINT / SIGTERM (the run is
-    recorded as interrupted: --resume goes on with it).
+    Exit status: 0 every image scanned; 4 the run completed but some images could not be
+    used (the summary says how many); 1 it could not run or stopped on a failure (a missing
+    input, an unwritable output, a full disk: the run is interrupted and --resume goes on);
+    2 bad usage; 3 another run holds the database; 130 / 143 stopped by SIGINT / SIGTERM.
     """
     from detector.runs import ScanRequest, ScanRun
 
+    app: App = ctx.obj
     if resume is None and not paths:
         raise click.UsageError("name images, folders or list files to scan, or --resume [RUN]")
-    if resume is not None and paths:
-        raise click.UsageError("--resume takes the paths of the run it resumes: name none")
+    runtime = {k: v for k, v in app.overrides.items() if k in _RUNTIME}
+    if resume is not None:
+        flags = {p.name: p.opts[0] for p in ctx.command.params}
+        given = [flags[n] for n in _RUN_OPTIONS if _given(ctx, n)]
+        if paths or given:
+            dropped = ", ".join([*(["PATHS"] if paths else []), *given])
+            raise click.UsageError(f"--resume goes on with the run's own paths and options: drop {dropped}")
     if engine == "local" and (workers is not None or ray_address):
         raise click.UsageError("--workers and --ray-address go with --engine ray")
     if engine == "local" and any(p.lower().endswith(".parquet") for p in paths):
@@ -186,17 +199,36 @@ def scan(
     started = time.perf_counter()
     counts: Counter[str] = Counter()
     with errors_to_click(), app.open_store() as store:
-        cluster = None
-        if engine == "ray":
-            from detector.distributed import RayCluster, require
-
-            require("ray.data")  # before the run is recorded: no run left behind without Ray
-            cluster = RayCluster(workers=workers, address=ray_address or None)
+        options = {
+            "format": fmt,
+            "jsonl": None if jsonl_path is None else os.path.abspath(jsonl_path),
+            "parquet_out": None if parquet_out is None else os.path.abspath(parquet_out),
+            "engine": engine,
+            "workers": workers,
+            "ray_address": ray_address or None,
+        }
+        if resume is not None:
+            stored = store.history.run(resume).args if resume else _newest_resumable(store)
+            changed = sorted(
+                k
+                for k, v in app.overrides.items()
+                if k not in _RUNTIME and (stored.get("set") or {}).get(k) != v
+            )
+            if changed:
+                raise click.UsageError(
+                    f"--resume goes on with the run's own settings: drop --set {', '.join(changed)}"
+                )
+            chosen = {n: options[n] for n in _WHERE if ctx.get_parameter_source(n) != ParameterSource.DEFAULT}
+            options = {**options, **stored, **chosen}
+        cluster = _cluster(options)
+        outputs = _Outputs(options)  # opened before the run is recorded: a bad path costs no run
         with exit_3_when_locked():
             if resume is not None:
-                run = ScanRun.resume(store, resume or None, base=CLI_DEFAULTS, engine=cluster, wait=wait)
+                run = ScanRun.resume(
+                    store, resume or None, base=CLI_DEFAULTS, engine=cluster, wait=wait, runtime=runtime
+                )
             else:
-                request = ScanRequest(tuple(paths), mode, top_k, min_score, rescan, app.overrides)
+                request = ScanRequest(tuple(paths), mode, top_k, min_score, rescan, app.overrides, options)
                 run = ScanRun.start(store, request, base=CLI_DEFAULTS, engine=cluster, wait=wait)
         for note in run.notes:
             app.say(f"warning: {note}")
@@ -204,43 +236,132 @@ def scan(
             app.say(
                 f"note: run {run.killed[-1]} was killed before it finished; scan --resume goes on with it"
             )
-        writers: list[Any] = [_Writer(fmt, sys.stdout)]
-        extra = open(jsonl_path, "a" if run.resumed else "w", encoding="utf-8") if jsonl_path else None
-        if parquet_out is not None:
-            from detector.distributed import ParquetResults
-
-            writers.append(ParquetResults(parquet_out))
-        if extra is not None:
-            writers.append(_Writer("jsonl", extra, owned=True))
         previous = signal.signal(signal.SIGTERM, _raise_stopped)
-        code = 0
+        code, failure = 0, ""
         try:
             with run, app.progress(len(run.files), "scanning") as bar:
+                outputs.open(run)
                 for result in run.results():
                     bar.update(1)
                     counts[result.outcome] += 1
                     counts["reused"] += result.reused_from is not None
-                    for w in writers:
-                        w.write(result)
+                    outputs.write(result)
         except (KeyboardInterrupt, _Stopped) as e:
             code = 143 if isinstance(e, _Stopped) else 130
+        except OSError as e:  # an output that broke: a closed pipe, a full disk, a lost folder
+            code, failure = EXIT_FAILED, f"cannot write the output: {e.strerror or e}"
+            if isinstance(e, BrokenPipeError):
+                _quiet_stdout()
         finally:
             signal.signal(signal.SIGTERM, previous)
-            for w in writers[1:]:
-                w.close()
+            outputs.close()
         elapsed = time.perf_counter() - started
         scanned = sum(counts[k] for k in ("copy", "near-duplicate", "no match", "error"))
         reused = f" ({counts['reused']} unchanged since an earlier run)" if counts["reused"] else ""
         line = (
             f"run {run.id}{' (resumed)' if run.resumed else ''}: {scanned} images{reused}, "
             f"{counts['copy']} copies, {counts['near-duplicate']} near-duplicates, "
-            f"{counts['no match']} no match, {counts['error']} errors in {elapsed:.1f} s "
+            f"{counts['no match']} no match, {counts['error']} unusable in {elapsed:.1f} s "
             f"({scanned / max(elapsed, 1e-9):.1f} images/s)"
         )
         if code:
-            click.echo(f"{line}; interrupted: copyscan scan --resume {run.id} goes on", err=True)
+            why = f"; {failure}" if failure else ""
+            click.echo(f"{line}; interrupted{why}: copyscan scan --resume {run.id} goes on", err=True)
             sys.exit(code)
+        unusable = store.history.run(run.id).errors or 0  # the whole run's, resumed parts included
+    if unusable:
+        click.echo(f"{line}; {unusable} images of the run could not be used (exit status 4)", err=True)
+        sys.exit(EXIT_PARTIAL)
     app.say(line)
+
+
+# Options a run keeps: --resume takes them from the run, not from the command line. Where it
+# runs (--engine, --workers, --ray-address) changes no result: a resume may choose again.
+_RUN_OPTIONS = ("fmt", "top_k", "min_score", "mode", "jsonl_path", "rescan", "parquet_out")
+_WHERE = ("engine", "workers", "ray_address")
+_RUNTIME = ("batch_size", "jobs")  # settings that change no result: a resume may set them again
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def _newest_resumable(store: Any) -> dict[str, Any]:
+    """The options of the run ``--resume`` will pick: the newest killed or interrupted scan,
+    or one still marked running (its process died; the resume marks it killed first)."""
+    for run in store.history.runs():
+        if run.command == "scan" and run.status in ("killed", "interrupted", "running"):
+            return dict(run.args)
+    return {}
+
+
+def _cluster(options: dict[str, Any]) -> Any:
+    """Where the run scans: None for this process, or the Ray cluster its options name."""
+    if options.get("engine") != "ray":
+        return None
+    from detector.distributed import RayCluster, require
+
+    require("ray.data")  # before the run is recorded: no run left behind without Ray
+    return RayCluster(workers=options.get("workers"), address=options.get("ray_address"))
+
+
+class _Outputs:
+    """Where a run's records go: stdout in the run's format, and the files it names. Files are
+    opened (and so checked) before the run starts; a resumed run writes each file again from
+    every result it recorded, and stdout gets the results that never reached it."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.writers: list[Any] = []
+        self.files: list[Any] = []
+        self.stdout = _Writer(str(options.get("format") or "table"), sys.stdout)
+        jsonl = options.get("jsonl")
+        if jsonl:
+            self.files.append(_Writer("jsonl", _open_output(jsonl), owned=True))
+        parquet = options.get("parquet_out")
+        if parquet:
+            from detector.distributed import ParquetResults
+
+            try:
+                self.files.append(ParquetResults(parquet))
+            except OSError as e:
+                raise click.ClickException(f"cannot write {parquet}: {e.strerror or e}") from e
+
+    def open(self, run: Any) -> None:
+        if run.resumed:
+            for result in run.recorded() if self.files else ():
+                for w in self.files:
+                    w.write(result)
+            for result in run.backlog():
+                self.stdout.write(result)
+
+    def write(self, result: Any) -> None:
+        self.stdout.write(result)
+        for w in self.files:
+            w.write(result)
+
+    def close(self) -> None:
+        for w in self.files:
+            try:
+                w.close()
+            except OSError:
+                pass  # already reported by the write that failed
+
+
+def _open_output(path: str) -> IO[str]:
+    try:
+        return open(path, "w", encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: nothing more goes to stdout (not even Python's last flush)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 @click.command()
@@ -260,13 +381,16 @@ def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | 
     from detector.scan.scanner import Scanner
 
     try:
-        with app.open_store() as store:
+        with app.open_store(readonly=True) as store:
             scanner = Scanner(store, app.models, app.settings, mode=mode).reporting(top_k, min_score)
             result = next(scanner.scan([image]))
+        _Writer(fmt, sys.stdout).write(result)
     except CopyscanError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_ERROR)
-    _Writer(fmt, sys.stdout).write(result)
+    except Exception as e:  # a fault, never read as "no match" (status 1)
+        click.echo(f"Error: the check failed: {type(e).__name__}: {e}", err=True)
+        sys.exit(EXIT_ERROR)
     if result.status == "error":
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_MATCH if result.flagged else EXIT_NO_MATCH)
@@ -279,9 +403,11 @@ def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | 
 @click.pass_obj
 def dedupe(app: App, paths: tuple[str, ...], fmt: str) -> None:
     """Find groups of duplicate images inside one collection (no catalog needed)."""
-    from detector.intake.sources import expand_sources
+    from detector.intake.sources import check_roots, expand_sources
     from detector.tasks.dedupe import find_duplicates
 
+    with errors_to_click():
+        check_roots(paths)
     files = expand_sources(paths)
     with errors_to_click(), app.progress(len(files), "reading") as bar:
         result = find_duplicates(files, app.models, app.settings, progress=bar.update)
@@ -290,7 +416,7 @@ def dedupe(app: App, paths: tuple[str, ...], fmt: str) -> None:
     for n, group in enumerate(result.groups, 1):
         if fmt == "jsonl":
             click.echo(
-                json.dumps(
+                json_text(
                     {
                         "group": n,
                         "paths": list(group.paths),
@@ -306,11 +432,12 @@ def dedupe(app: App, paths: tuple[str, ...], fmt: str) -> None:
                             for p in group.pairs
                         ],
                     },
-                    ensure_ascii=False,
                 )
             )
         else:
             click.echo(f"group {n} ({len(group.paths)} images)")
             for path in group.paths:
-                click.echo(f"    {path}")
+                click.echo(f"    {display(path)}")
     app.say(f"{result.images} images, {len(result.groups)} duplicate groups, {len(result.errors)} errors")
+    if result.errors:
+        sys.exit(EXIT_PARTIAL)

@@ -25,7 +25,7 @@ from typing import Any
 from detector.config import FAST, EffectiveSettings, Settings, effective_settings
 from detector.intake.loader import content_hash
 from detector.intake.prepare import prepare_bytes
-from detector.intake.sources import expand_sources
+from detector.intake.sources import check_roots, expand_sources
 from detector.outputs.report import Report
 from detector.records import RunInfo, ScanResult
 from detector.runs import ScanRequest, ScanRun
@@ -86,8 +86,11 @@ class Catalog:
 
     def add(self, paths: Iterable[PathLike], owner: str | None = None) -> list[AddResult]:
         """Index image files, folders (recursively) and list files into the catalog; one
-        result per image file, in order. Content already catalogued is 'known'."""
-        files = expand_sources(paths)
+        result per image file, in order. Content already catalogued is 'known'; a named path
+        that does not exist raises :class:`~detector.errors.MissingInput`."""
+        roots = list(paths)
+        check_roots(roots)
+        files = expand_sources(roots)
         with DatabaseLock(self.store.path, "catalog add", self.wait):
             return list(add_to_catalog(self.store, self.models, files, self.settings, owner=owner))
 
@@ -115,8 +118,10 @@ class Catalog:
             yield from run.results()
 
     def resume(self, run_id: int | None = None) -> Iterator[ScanResult]:
-        """Go on with a killed or interrupted scan run (the newest without ``run_id``)."""
+        """Go on with a killed or interrupted scan run (the newest without ``run_id``): first
+        the results it recorded but never handed on, then the rest."""
         with ScanRun.resume(self.store, run_id, models=self.models, wait=self.wait) as run:
+            yield from run.backlog()
             yield from run.results()
 
     def check(self, path: PathLike, mode: str = FAST) -> ScanResult:

@@ -46,6 +46,12 @@ class Settings:
         "refuse images whose grey levels vary less than this std (flat, unhashable)",
         ranged=(0, 128),
     )
+    max_aspect: float = _setting(
+        25.0,
+        "refuse images whose longer side is more than this many times the shorter (strips: no "
+        "stage can compare them, and thin banners are not pictures a copy is made of)",
+        ranged=(1, 10_000),
+    )
     decode_side: int = _setting(
         448,
         "decode at the smallest scale whose longer side is still at least this many pixels "

@@ -31,7 +31,7 @@ from detector.errors import DistributedError
 from detector.intake.loader import content_hash
 from detector.intake.prepare import Prepared, batched, prepare_batch, prepare_bytes
 from detector.intake.sources import expand_sources
-from detector.outputs.records import match_record
+from detector.outputs.records import json_text, match_record
 from detector.records import ScanResult
 from detector.scan.catalog import CatalogSnapshot
 from detector.scan.scanner import Scanner
@@ -308,7 +308,7 @@ class ParquetResults:
                 "sha256": r.sha256,
                 "best_verdict": best.verdict if best else None,
                 "best_score": best.score if best else None,
-                "matches": json.dumps([match_record(m) for m in r.matches], ensure_ascii=False),
+                "matches": json_text([match_record(m) for m in r.matches]),
             }
         )
         if len(self._rows) >= flush_every:

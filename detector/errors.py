@@ -35,12 +35,29 @@ class SettingError(CopyscanError, ValueError):
     """A setting's value is of the wrong kind or outside its allowed range."""
 
 
+class MissingInput(CopyscanError):
+    """A path the caller named (not a file found inside one) does not exist or cannot be read:
+    an unmounted crawl folder must stop a run, not pass as an empty one."""
+
+
+class StageFailure(ImageError):
+    """A stage failed on this image (a fault in copyscan or a library it calls); the run goes on."""
+
+
 class StoreError(CopyscanError):
     """The database cannot be used."""
 
 
 class IncompatibleDatabase(StoreError):
     """The database was built with another hasher or model; mixing codes would be silent garbage."""
+
+
+class NotCopyscanDatabase(StoreError):
+    """The file is a SQLite database of some other program: copyscan writes nothing into it."""
+
+
+class DamagedDatabase(StoreError):
+    """The database lacks a table copyscan needs, or holds values of the wrong kind."""
 
 
 class SchemaTooNew(StoreError):

@@ -12,12 +12,17 @@ next run on the database. The settings in force are the defaults, then the front
 then those saved in the database by calibration, then the request's overrides.
 
 One writer at a time: a run holds the database's lock (:mod:`detector.storage.locking`)
-from start to end.
+from start to end. The paths it scans are made absolute when it starts (a resume from another
+folder reads the same files), and a path the caller named that does not exist stops it before
+anything is recorded. The run also counts the results that reached the caller, batch by batch
+(:meth:`ScanRun.results`), so that a resume first hands back what a broken pipe or a full
+disk kept from its outputs (:meth:`ScanRun.backlog`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -26,7 +31,7 @@ from typing import Any
 from detector.config import FAST, MODES, effective_settings
 from detector.errors import NotFound, SettingError, StoreError
 from detector.intake.prepare import Prepared
-from detector.intake.sources import expand_sources
+from detector.intake.sources import check_roots, expand_sources
 from detector.intake.workers import prepared_batches
 from detector.records import RunInfo, ScanResult
 from detector.scan.scanner import Scanner
@@ -71,6 +76,10 @@ class ScanRequest:
             "set": dict(self.overrides),
             "images": images,
         }
+
+    def resolved(self) -> ScanRequest:
+        """The request with its paths made absolute (from the current folder)."""
+        return dataclasses.replace(self, paths=tuple(os.path.abspath(p) for p in self.paths))
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> ScanRequest:
@@ -120,6 +129,7 @@ class ScanRun:
         self.engine = engine
         self._lock = lock
         self._ended = False
+        self._written = store.history.written(run.id)
 
     @classmethod
     def start(
@@ -137,6 +147,8 @@ class ScanRun:
         run of ``request``. ``base``: the front end's own defaults; ``models``: a loaded model
         to share (else one is built); ``engine``: a :class:`~detector.distributed.RayCluster`
         to scan on, or None for this process."""
+        request = request.resolved()
+        check_roots(request.paths)
         lock = _lock(store, wait)
         try:
             killed = store.history.mark_killed()
@@ -161,21 +173,26 @@ class ScanRun:
         base: Mapping[str, Any] | None = None,
         engine: Any = None,
         wait: float = 0.0,
+        runtime: Mapping[str, Any] | None = None,
     ) -> ScanRun:
         """Go on with run ``run_id`` (or the newest killed or interrupted scan): its request,
         its settings, only the items it has not recorded. Refused (:class:`StoreError`) when
-        the catalog, the settings or copyscan changed since it started."""
+        the catalog, the settings or copyscan changed since it started. ``runtime``: settings
+        that change no result (``batch_size``, ``jobs``) to run it with now."""
         lock = _lock(store, wait)
         try:
             killed = store.history.mark_killed()
             run = _resumable(store, run_id)
             request = ScanRequest.from_args(run.args)
+            if runtime:
+                request = dataclasses.replace(request, overrides={**request.overrides, **runtime})
             scanner, notes = _scanner(store, request, models, base)
             if scanner.state != run.state:
                 raise StoreError(
                     f"the catalog, the settings or copyscan changed since run {run.id} started; "
                     "its results would not be comparable: start a new scan instead"
                 )
+            check_roots(request.paths)
             done = frozenset(store.history.scanned_paths(run.id))
             files = _inputs(request.paths, engine, done)
             store.history.reopen(run.id)
@@ -185,19 +202,41 @@ class ScanRun:
         return cls(store, scanner, request, run, files, lock, True, killed, notes, engine)
 
     def results(self) -> Iterator[ScanResult]:
-        """One result per file left, in order, each batch recorded as it completes."""
+        """One result per file left, in order, each batch recorded as it completes, and
+        counted as written once the caller has taken all of it (asked for the next result)."""
+        self._mark_written(len(self.backlog()))  # the caller has been handed the backlog
         batches = self._local_batches() if self.engine is None else self._ray_batches()
         for batch in batches:
             self.store.history.record(self.id, batch)
             yield from batch
+            self._mark_written(len(batch))
+
+    def backlog(self) -> list[ScanResult]:
+        """Results this run recorded that never reached the caller (a resumed run whose output
+        broke), in order; hand them on before :meth:`results`."""
+        return self.store.history.items_of(self.id, skip=self._written)
+
+    def recorded(self) -> list[ScanResult]:
+        """Every result this run has recorded, in order (to write an output file again)."""
+        return self.store.history.items_of(self.id)
+
+    def _mark_written(self, items: int) -> None:
+        if items:
+            self._written += items
+            self.store.history.mark_written(self.id, self._written)
 
     def finish(self, status: str = FINISHED) -> None:
-        """Record the end of the run (once) and release the database."""
+        """Record the end of the run (once) and release the database. Where even that cannot
+        be written (a full disk), the run stays 'running' and the next run marks it 'killed':
+        resumable either way."""
         if self._ended:
             return
         self._ended = True
         try:
             self.store.history.finish(self.id, status)
+        except StoreError:
+            if status == FINISHED:
+                raise
         finally:
             self._lock.__exit__(None, None, None)
 

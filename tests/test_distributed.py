@@ -24,9 +24,9 @@ from detector.storage.store import Store
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own settings
 
 
-def run(*args: str):
+def run(*args: str, code: int = 0):
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output + result.stderr
+    assert result.exit_code == code, result.output + result.stderr
     return result
 
 
@@ -77,7 +77,7 @@ def local_scan(indexed, crawl_dir, tmp_path_factory):
     """The local scan of the crawl folder: its records and its database."""
     db = tmp_path_factory.mktemp("local") / "d.db"
     shutil.copy(indexed, db)
-    out = run("--db", str(db), "scan", str(crawl_dir), "--format", "jsonl")
+    out = run("--db", str(db), "scan", str(crawl_dir), "--format", "jsonl", code=4)
     return _records(out.stdout), db
 
 
@@ -110,7 +110,7 @@ def test_a_ray_scan_of_a_folder_gives_the_local_scans_records_and_history(
     db = _copy(indexed, tmp_path)
     out = run(
         "--db", str(db), "scan", str(crawl_dir), "--format", "jsonl", "--engine", "ray", "--workers", "2",
-        "--parquet-out", str(tmp_path / "out.parquet"),
+        "--parquet-out", str(tmp_path / "out.parquet"), code=4,
     )  # fmt: skip
     got = _records(out.stdout)
     assert got == expected
@@ -138,10 +138,10 @@ def test_a_ray_scan_of_parquet_shards_gives_the_local_scans_records_then_reuses_
         pq.write_table(table, shards / f"part-{n}.parquet", row_group_size=7)
     db = _copy(indexed, tmp_path)
     ray_scan = ("--db", str(db), "scan", str(shards), "--format", "jsonl", "--engine=ray", "--workers=2")
-    first = run(*ray_scan)
+    first = run(*ray_scan, code=4)
     assert _records(first.stdout) == expected
     assert _history(db) == _history(local_db)
-    again = run(*ray_scan)
+    again = run(*ray_scan, code=4)
     assert _records(again.stdout) == expected
     assert "(58 unchanged since an earlier run)" in again.stderr  # all but the two unusable images
 
@@ -178,6 +178,6 @@ def test_a_ray_scan_resumes_a_killed_run(local_ray, local_scan, tmp_path):
         conn.execute("DELETE FROM items WHERE path > ?", (middle,))
         conn.execute("UPDATE runs SET status = 'killed', finished_at = NULL")
     conn.close()
-    out = run("--db", str(db), "scan", "--resume", "--format", "jsonl", "--engine", "ray", "--workers", "2")
+    out = run("--db", str(db), "scan", "--resume", "--engine", "ray", "--workers", "2", code=4)
     assert _records(out.stdout) == [r for r in expected if r["query"] > middle]
     assert _history(db) == _history(local_db)

@@ -72,7 +72,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _run(args: list[str], cwd: Path) -> float:
     started = time.monotonic()
     out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode in (0, 4), out.stderr[-3000:]  # 4: the cut file is unusable
     assert "database is locked" not in out.stderr
     return time.monotonic() - started
 
@@ -249,8 +249,8 @@ def kill_at_random(
             proc.kill()
             proc.wait()
     killed = proc.returncode == -signal.SIGKILL
-    if not killed:  # it finished just before the kill
-        assert proc.returncode == 0, err.decode()[-3000:]
+    if not killed:  # it finished just before the kill (4: the cut file is unusable)
+        assert proc.returncode in (0, 4), err.decode()[-3000:]
     assert b"database is locked" not in err
     return killed
 
@@ -312,7 +312,7 @@ def test_scan_killed_again_and_again_then_resumed_gives_the_same_results(
         # thorough: the CNN runs on every query, so each batch takes a while, and --resume
         # must bring the mode back
         fresh = copyscan(db, "scan", str(crawl), "--mode", "thorough", "--format", "jsonl")
-        resume = copyscan(db, "scan", "--resume", "--format", "jsonl")
+        resume = copyscan(db, "scan", "--resume")
         while kills < KILLS and not _finished(db):
             args = resume if _resumable(db) else fresh  # no run recorded yet: start it again
             kill_at_random(args, tmp_path, db, "items", 18, reference["scan_s"], rng, kills)

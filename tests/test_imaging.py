@@ -345,7 +345,19 @@ def _mode_cases() -> list[tuple[str, Image.Image, np.ndarray]]:
 
 MODE_CASES = _mode_cases()
 MODE_IDS = [
-    "1", "L", "LA-opaque", "LA-alpha", "P", "P-transparency", "PA", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F",
+    "1",
+    "L",
+    "LA-opaque",
+    "LA-alpha",
+    "P",
+    "P-transparency",
+    "PA",
+    "RGBA",
+    "CMYK",
+    "YCbCr",
+    "I",
+    "I;16",
+    "F",
 ]
 
 

@@ -19,9 +19,9 @@ from .test_report_html import parse, visible_matches
 HOSTILE = '"><img src=x onerror=alert(1)>.jpg'
 
 
-def run(*args: str) -> str:
+def run(*args: str, code: int = 0) -> str:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output + result.stderr
+    assert result.exit_code == code, result.output + result.stderr
     return result.stdout
 
 
@@ -51,7 +51,7 @@ def test_html_report_in_a_browser_shows_every_copy_and_nothing_else(tmp_path, ca
     db = str(tmp_path / "r.db")
     run("--db", db, "catalog", "add", str(catalog_dir), "--owner", "Demo <b>Rights</b>")
     crawl, truth = _crawl(tmp_path, crawl_dir)
-    run("--db", db, "scan", str(crawl), "--mode", "thorough")
+    run("--db", db, "scan", str(crawl), "--mode", "thorough", code=4)  # the broken download
     out = tmp_path / "report"
     run("--db", db, "report", "--html", str(out), "--csv", str(tmp_path / "r.csv"))
 
@@ -80,7 +80,7 @@ def test_html_report_in_a_browser_shows_every_copy_and_nothing_else(tmp_path, ca
     rows = list(csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8")))
     assert {Path(r["query_path"]).name for r in rows} == {q for q, c in truth.items() if c}
 
-    run("--db", db, "scan", str(crawl), "--mode", "thorough")  # nothing changed since
+    run("--db", db, "scan", str(crawl), "--mode", "thorough", code=4)  # nothing changed since
     again = tmp_path / "again"
     run("--db", db, "report", "--new", "--html", str(again))
     doc = parse(dump_dom(again / "index.html"))

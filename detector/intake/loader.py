@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import struct
 import warnings
@@ -97,6 +98,8 @@ def read_bytes(path: str | os.PathLike[str], settings: Settings) -> bytes:
         st = p.stat()
     except OSError as e:
         raise UnreadablePath(f"cannot read {p}: {e.strerror or e}") from e
+    except ValueError as e:  # a NUL byte in the name (a damaged list file): no such file can exist
+        raise UnreadablePath(f"not a usable file name: {os.fspath(path)!r}") from e
     if not stat.S_ISREG(st.st_mode):  # a FIFO or a device is never even opened
         raise UnreadablePath(f"not a regular file: {p}")
     if st.st_size > settings.max_file_bytes:
@@ -133,12 +136,13 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
         raise UnsupportedFormat("empty file")
     _check_declared_size(data, settings)
     with warnings.catch_warnings():
-        # Pillow's own bomb check is a warning below 2x its limit; ours runs first anyway.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow warns on what it forgives (corrupt EXIF, odd palettes, its own bomb limit):
+        # each bad item is an error of its own or nothing, never noise on a cron job's stderr.
+        warnings.simplefilter("ignore")
         try:
             im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         except Image.DecompressionBombError as e:
-            raise DecompressionBomb(str(e)) from e
+            raise DecompressionBomb(_bomb(e, settings)) from e
         except Image.UnidentifiedImageError as e:
             raise UnsupportedFormat(
                 "not an image in an allowed format (" + ", ".join(ALLOWED_FORMATS) + ")"
@@ -153,6 +157,11 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
                 )
             if min(width, height) < settings.min_side:
                 raise UnhashableImage(f"{width}x{height} is smaller than {settings.min_side} px on a side")
+            if max(width, height) > settings.max_aspect * min(width, height):
+                raise UnhashableImage(
+                    f"{width}x{height} is a strip (sides over {settings.max_aspect:g} to 1): "
+                    "no picture a copy could be compared with"
+                )
             fmt = im.format or "?"
             try:
                 # is_animated looks for a second frame only (n_frames would walk them all), and
@@ -179,7 +188,7 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
                     scaled = True
                 rgb = np.ascontiguousarray(np.asarray(rgb_image, dtype=np.uint8))
             except Image.DecompressionBombError as e:
-                raise DecompressionBomb(str(e)) from e
+                raise DecompressionBomb(_bomb(e, settings)) from e
             except PILLOW_FAILURES as e:
                 raise CorruptImage(f"cannot decode {fmt} data: {_why(e)}") from e
     check_hashable(rgb, settings)
@@ -211,6 +220,13 @@ def shrink_factor(width: int, height: int, settings: Settings) -> int:
     while factor > 1 and (-(-longer // factor) < side or -(-shorter // factor) < keep_short):
         factor -= 1
     return factor
+
+
+def _bomb(e: Exception, settings: Settings) -> str:
+    """Pillow's bomb refusal in copyscan's words: the pixels it declares and our limit."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    declared = f"{int(found.group(1))} pixels, " if found else "more pixels than allowed, "
+    return f"the image declares {declared}over the limit of {settings.max_pixels}"
 
 
 def _why(e: BaseException) -> str:

@@ -5,8 +5,10 @@
   folders are not followed, so a symlink loop cannot trap the walk;
 - a file ending in ``.txt``, ``.lst`` or ``.list`` is a list file: one path per line, relative
   paths taken from the list file's folder, blank lines and ``#`` comments skipped.
-Paths that do not exist, and folders that cannot be listed, are kept, so the run reports
-them as per-item errors.
+Paths inside a folder or a list file that cannot be read, and folders that cannot be listed,
+are kept, so the run reports them as per-item errors. A path the caller named that does not
+exist or cannot be listed is another matter (an unmounted crawl folder): :func:`check_roots`
+refuses it before anything runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from detector.errors import MissingInput
 from detector.intake.loader import IMAGE_SUFFIXES
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
@@ -23,6 +26,23 @@ LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 def expand_sources(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Every image path named by ``paths``, each once, in the order given."""
     return list(dict.fromkeys(_expand(paths)))
+
+
+def check_roots(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Raise :class:`MissingInput` naming every path of ``paths`` that does not exist, or is a
+    folder that cannot be listed."""
+    missing = []
+    for raw in paths:
+        path = os.fspath(raw)
+        try:
+            if os.path.isdir(path):
+                os.listdir(path)
+            elif not os.path.exists(path):
+                missing.append(f"{path!r} does not exist")
+        except (OSError, ValueError) as e:
+            missing.append(f"{path!r} cannot be listed ({getattr(e, 'strerror', None) or e})")
+    if missing:
+        raise MissingInput("input not found: " + "; ".join(missing))
 
 
 def _expand(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:

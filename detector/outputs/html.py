@@ -30,6 +30,7 @@ from PIL import Image
 from detector.config import Settings
 from detector.errors import ImageError, ReportError
 from detector.intake.loader import load_image
+from detector.outputs.records import display
 from detector.outputs.report import Report, ReportRow
 from detector.records import Region
 
@@ -221,8 +222,9 @@ def _csp_hash(source: str) -> str:
 
 
 def _e(value: object) -> str:
-    """Text (or attribute value) escaped for HTML, quotes included."""
-    return html.escape(str(value), quote=True)
+    """Text (or attribute value) escaped for HTML, quotes included (non-UTF-8 file-name bytes
+    shown as ``\\xXX``)."""
+    return html.escape(display(str(value)), quote=True)
 
 
 def _attrs(pairs: dict[str, object]) -> str:

@@ -1,10 +1,15 @@
 """Turning scan results into output records: the JSON Lines record of the command-line
 contract, CSV rows with formula cells neutralised, and plain-text table lines. Nothing here
-prints."""
+prints.
+
+File names need not be UTF-8 (a crawl keeps what the web served). Python holds such bytes as
+surrogate escapes; every output stays valid UTF-8: JSON writes them as ``\\udcXX`` escapes
+(``json.loads`` and ``os.fsencode`` give the exact bytes back), text for people as ``\\xXX``."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from detector.records import Match, Region, ScanResult
@@ -23,6 +28,21 @@ CSV_COLUMNS = (
     "verdict",
 )
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON text: other scripts as themselves, the bytes of a non-UTF-8 file name
+    as ``\\udcXX`` escapes (see the module's docstring)."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def display(text: str) -> str:
+    """Text for people (tables, CSV, HTML): a non-UTF-8 file-name byte shown as ``\\xXX``."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def match_record(m: Match) -> dict[str, Any]:
@@ -64,7 +84,7 @@ def safe_cell(value: object) -> str:
         return ""
     if isinstance(value, int | float):
         return str(value)
-    text = str(value)
+    text = display(str(value))
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
@@ -91,17 +111,18 @@ def csv_rows(r: ScanResult) -> list[list[str]]:
 
 def table_lines(r: ScanResult) -> list[str]:
     """Human-readable lines for one query: its verdict, then one indented line per match."""
+    query = display(r.query)
     if r.status == "error":
-        return [f"{'ERROR':<14} {r.query}: {r.error}"]
+        return [f"{'ERROR':<14} {query}: {display(r.error or '')}"]
     if not r.matches:
-        return [f"{'-':<14} {r.query}: no match"]
+        return [f"{'-':<14} {query}: no match"]
     best = r.matches[0]
-    lines = [f"{best.verdict.upper():<14} {r.query}"]
+    lines = [f"{best.verdict.upper():<14} {query}"]
     for m in r.matches:
-        owner = f" [{m.owner}]" if m.owner else ""
+        owner = f" [{display(m.owner)}]" if m.owner else ""
         lines.append(
             f"         {m.verdict:<14} score {m.score:.3f}  cos {m.cosine:.3f}  "
-            f"ham {m.hamming:>2}  #{m.catalog_id} {m.catalog_path}{owner}"
+            f"ham {m.hamming:>2}  #{m.catalog_id} {display(m.catalog_path)}{owner}"
         )
     return lines
 

@@ -11,6 +11,8 @@ stage you care about:
 
 Each stage reads what the stages before it wrote in the case and writes its own part; none
 calls back into an earlier one, and the score is computed once per candidate, at the end.
+A stage that fails on a batch is run again on each query alone, so one image's fault becomes
+that image's error (``StageFailure``) and never costs the others or the run.
 Each stage owns its caches and reads its own slice of the settings. The local scan, the
 server's checks and the Ray workers all run this chain.
 """
@@ -54,10 +56,27 @@ class Chain:
     def run(self, batch: Sequence[Prepared]) -> list[ScanResult]:
         """One result per prepared query, in order; unusable queries give their error."""
         cases = [Case(p) for p in batch]
-        usable = [c for c in cases if c.query.ok]
-        for stage in self.stages:
-            stage.fill(usable)
+        try:
+            self._fill([c for c in cases if c.query.ok])
+        except _Failed:
+            cases = [self._alone(p) if p.ok else Case(p) for p in batch]
         return [c.result() for c in cases]
+
+    def _fill(self, cases: list[Case]) -> None:
+        for stage in self.stages:
+            try:
+                stage.fill(cases)
+            except Exception as e:  # a fault, not a signal: those are BaseExceptions
+                raise _Failed(f"{type(stage).__name__}: {type(e).__name__}: {e}") from e
+
+    def _alone(self, query: Prepared) -> Case:
+        """One query through the stages by itself; its error when a stage fails on it."""
+        case = Case(query)
+        try:
+            self._fill([case])
+        except _Failed as e:
+            return Case(Prepared(query.path, sha256=query.sha256, error=f"StageFailure: {e}"))
+        return case
 
     def reporting(self, settings: Settings) -> Chain:
         """This chain, its stages and caches shared, reporting under other output settings
@@ -66,3 +85,7 @@ class Chain:
         clone.settings = settings
         clone.stages = (*self.stages[:-1], ScoringStage(settings))
         return clone
+
+
+class _Failed(Exception):
+    """A stage raised; the message names the stage and the fault."""

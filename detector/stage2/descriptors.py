@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from detector.config import THOROUGH, Settings
@@ -166,8 +167,12 @@ class DescriptorStage:
         rgb = self.images.rgb(catalog_id, path)
         if rgb is None:
             return None
-        small = cnn_view(rgb, self.settings)
-        return self.models.embed([degraded(small, f) for f in self.settings.blur_factors])
+        try:
+            small = cnn_view(rgb, self.settings)
+            images = [degraded(small, f) for f in self.settings.blur_factors]
+        except (cv2.error, ValueError):  # a catalog image no stage can use: as if unreadable
+            return None
+        return self.models.embed(images)
 
     def _rivals(
         self, query_vecs: dict[int, np.ndarray], catalog_vecs: dict[int, np.ndarray]

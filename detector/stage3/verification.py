@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from detector.config import THOROUGH, Settings
@@ -140,8 +141,11 @@ class VerificationStage:
         rgb = self.images.rgb(catalog_id, path)
         if rgb is None:
             return None
-        grey = verify_grey(rgb, self.settings)
-        return extract(grey if factor == 1 else degraded(grey, factor), self.settings)
+        try:
+            grey = verify_grey(rgb, self.settings)
+            return extract(grey if factor == 1 else degraded(grey, factor), self.settings)
+        except (cv2.error, ValueError):  # a catalog image no stage can use: as if unreadable
+            return None
 
     def _evidence(self, orb: Verification, sift: Verification | None, turn: str) -> Evidence:
         """The evidence of a pair, with the region shown: ORB's beyond chance, else SIFT's

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from detector.errors import DamagedDatabase
 from detector.stage1.hashing import from_sqlite
-from detector.storage.sql import in_chunks, utc_now
+from detector.storage.sql import from_db, in_chunks, to_db, utc_now
 
 if TYPE_CHECKING:
     from detector.storage.store import Store
 
 _LOAD_ROWS = 65_536  # catalog codes fetched from SQLite at a time
+DESCRIPTOR_BYTES = 2560  # a stored descriptor: 1,280 float16 (detector.stage2.embedding.to_blob)
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ class CatalogTable:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
                     (
                         im.sha256,
-                        im.path,
-                        im.owner,
+                        to_db(im.path),
+                        to_db(im.owner),
                         im.width,
                         im.height,
                         im.phash,
@@ -129,7 +131,12 @@ class CatalogTable:
         for sql in ("SELECT id, phash, dhash FROM catalog", "SELECT catalog_id, phash, dhash FROM codes"):
             cursor = self.conn.execute(sql)
             while rows := cursor.fetchmany(_LOAD_ROWS):
-                parts.append(np.array(rows, dtype=np.int64))
+                try:
+                    parts.append(np.array(rows, dtype=np.int64))
+                except (ValueError, TypeError, OverflowError) as e:
+                    raise DamagedDatabase(
+                        f"{self.store.path} is damaged: a stored code is not a number ({e})"
+                    ) from e
         arr = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
         arr = arr[np.argsort(arr[:, 0], kind="stable")]
         return arr[:, 0].copy(), arr[:, 1].view(np.uint64).copy(), arr[:, 2].view(np.uint64).copy()
@@ -141,13 +148,21 @@ class CatalogTable:
             for cid, blob in self.conn.execute(
                 f"SELECT id, embedding FROM catalog WHERE id IN ({marks})", part
             ):
-                out[int(cid)] = bytes(blob)
+                out[int(cid)] = self._descriptor(cid, blob)
         return out
 
     def all_embedding_blobs(self) -> tuple[np.ndarray, list[bytes]]:
         """Every stored descriptor: ids (n,) int64 and their blobs, in id order."""
         rows = self.conn.execute("SELECT id, embedding FROM catalog ORDER BY id").fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64), [bytes(r[1]) for r in rows]
+        return np.array([r[0] for r in rows], dtype=np.int64), [self._descriptor(r[0], r[1]) for r in rows]
+
+    def _descriptor(self, catalog_id: object, blob: object) -> bytes:
+        if not isinstance(blob, bytes) or len(blob) != DESCRIPTOR_BYTES:
+            raise DamagedDatabase(
+                f"{self.store.path} is damaged: catalog image {catalog_id}'s descriptor is not "
+                f"{DESCRIPTOR_BYTES} bytes"
+            )
+        return blob
 
     def entries(self, ids: Sequence[int]) -> dict[int, CatalogEntry]:
         """Catalog entries by id (missing ids are left out)."""
@@ -162,7 +177,7 @@ class CatalogTable:
         if owner is None:
             yield from self._entries("ORDER BY id", [])
         else:
-            yield from self._entries("WHERE owner = ? ORDER BY id", [owner])
+            yield from self._entries("WHERE owner = ? ORDER BY id", [to_db(owner)])
 
     def count(self) -> int:
         """How many images the catalog holds."""
@@ -171,7 +186,7 @@ class CatalogTable:
     def owners(self) -> dict[str, int]:
         """Images per owner ('' for none), most first."""
         return {
-            (o if o is not None else ""): int(n)
+            (from_db(o) or ""): int(n)
             for o, n in self.conn.execute(
                 "SELECT owner, count(*) FROM catalog GROUP BY owner ORDER BY count(*) DESC, owner"
             )
@@ -180,17 +195,7 @@ class CatalogTable:
     def _entries(self, where: str, params: Sequence[Any]) -> Iterator[CatalogEntry]:
         sql = "SELECT id, path, owner, sha256, width, height, phash, dhash, added_at FROM catalog " + where
         for row in self.conn.execute(sql, list(params)):
-            yield CatalogEntry(
-                id=int(row[0]),
-                path=row[1],
-                owner=row[2],
-                sha256=row[3],
-                width=int(row[4]),
-                height=int(row[5]),
-                phash=from_sqlite(int(row[6])),
-                dhash=from_sqlite(int(row[7])),
-                added_at=row[8],
-            )
+            yield _entry(self.store.path, row)
 
     def remove(
         self,
@@ -206,9 +211,9 @@ class CatalogTable:
             for cid in ids:
                 removed += self.conn.execute("DELETE FROM catalog WHERE id = ?", (int(cid),)).rowcount
             for path in paths:
-                removed += self.conn.execute("DELETE FROM catalog WHERE path = ?", (path,)).rowcount
+                removed += self.conn.execute("DELETE FROM catalog WHERE path = ?", (to_db(path),)).rowcount
             if owner is not None:
-                removed += self.conn.execute("DELETE FROM catalog WHERE owner = ?", (owner,)).rowcount
+                removed += self.conn.execute("DELETE FROM catalog WHERE owner = ?", (to_db(owner),)).rowcount
             for ext in external_ids:
                 removed += self.conn.execute("DELETE FROM catalog WHERE external_id = ?", (ext,)).rowcount
             if removed:
@@ -225,3 +230,22 @@ class CatalogTable:
             ):
                 out[int(cid)] = ext
         return out
+
+
+def _entry(db: object, row: Sequence[Any]) -> CatalogEntry:
+    try:
+        return CatalogEntry(
+            id=int(row[0]),
+            path=from_db(row[1]) or "",
+            owner=from_db(row[2]),
+            sha256=row[3],
+            width=int(row[4]),
+            height=int(row[5]),
+            phash=from_sqlite(int(row[6])),
+            dhash=from_sqlite(int(row[7])),
+            added_at=row[8],
+        )
+    except (ValueError, TypeError) as e:
+        raise DamagedDatabase(
+            f"{db} is damaged: catalog row {row[0]!r} holds a value of the wrong kind"
+        ) from e

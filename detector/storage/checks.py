@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import NotFound, StoreError
-from detector.storage.sql import utc_now
+from detector.storage.sql import from_db, to_db, utc_now
 
 if TYPE_CHECKING:
     from detector.storage.store import Store
@@ -63,7 +63,7 @@ class Checks:
                 (
                     utc_now(),
                     check.sha256,
-                    check.name,
+                    to_db(check.name),
                     check.upload_path,
                     check.status,
                     check.error,
@@ -124,7 +124,7 @@ def _check(row: Sequence[Any]) -> CheckRecord:
         id=int(row[0]),
         checked_at=row[1],
         sha256=row[2],
-        name=row[3],
+        name=from_db(row[3]),
         upload_path=row[4],
         status=row[5],
         error=row[6],

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from detector.errors import NotFound, StoreError
 from detector.records import Match, RunInfo, ScanResult
 from detector.stage1.hashing import from_sqlite, to_sqlite
-from detector.storage.sql import in_chunks, parse_region, region_json, utc_now
+from detector.storage.sql import from_db, in_chunks, parse_region, region_json, to_db, utc_now
 
 if TYPE_CHECKING:
     from detector.storage.store import Store
@@ -32,8 +32,8 @@ def match_row(m: Match) -> tuple[Any, ...]:
     """A match's values in the order of :data:`MATCH_COLUMNS`."""
     return (
         m.catalog_id,
-        m.catalog_path,
-        m.owner,
+        to_db(m.catalog_path),
+        to_db(m.owner),
         m.hamming,
         m.cosine,
         m.score,
@@ -50,8 +50,8 @@ def match_from_row(row: Sequence[Any]) -> Match:
     empty read as 0 and 'identity')."""
     return Match(
         catalog_id=int(row[0]),
-        catalog_path=row[1] or "",
-        owner=row[2],
+        catalog_path=from_db(row[1]) or "",
+        owner=from_db(row[2]),
         hamming=int(row[3] or 0),
         cosine=float(row[4] or 0.0),
         score=float(row[5]),
@@ -96,10 +96,10 @@ class History:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
-                        r.query,
+                        to_db(r.query),
                         r.sha256,
                         r.status,
-                        r.error,
+                        to_db(r.error),
                         None if r.phash is None else to_sqlite(r.phash),
                         None if r.dhash is None else to_sqlite(r.dhash),
                         now,
@@ -157,13 +157,33 @@ class History:
             raise NotFound("no scan run recorded yet" if run_id is None else f"no run {run_id}")
         return _run_info(row)
 
+    def mark_written(self, run_id: int, items: int) -> None:
+        """Record that the first ``items`` items of a run reached every output."""
+        with self.store.write():
+            self.conn.execute("UPDATE runs SET written = ? WHERE id = ?", (int(items), run_id))
+
+    def written(self, run_id: int) -> int:
+        """How many of a run's items reached every output (see :meth:`mark_written`)."""
+        row = self.conn.execute("SELECT written FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def items_of(self, run_id: int, skip: int = 0) -> list[ScanResult]:
+        """A run's recorded results in the order it recorded them, after the first ``skip``."""
+        ids = self.conn.execute(
+            "SELECT id FROM items WHERE run_id = ? ORDER BY id LIMIT -1 OFFSET ?", (run_id, int(skip))
+        ).fetchall()
+        return [self.item(int(r[0])) for r in ids]
+
     def count(self) -> int:
         """How many runs are recorded."""
         return int(self.conn.execute("SELECT count(*) FROM runs").fetchone()[0])
 
     def scanned_paths(self, run_id: int) -> set[str]:
         """Paths a run has recorded already (to resume it)."""
-        return {r[0] for r in self.conn.execute("SELECT path FROM items WHERE run_id = ?", (run_id,))}
+        return {
+            from_db(r[0]) or ""
+            for r in self.conn.execute("SELECT path FROM items WHERE run_id = ?", (run_id,))
+        }
 
     def reusable_items(self, digests: Iterable[str], state: str) -> dict[str, int]:
         """For content already scanned successfully by a run against the same ``state``: its
@@ -206,9 +226,9 @@ class History:
             )
         )
         return ScanResult(
-            query=row[0],
+            query=from_db(row[0]) or "",
             status=row[2],
-            error=row[3],
+            error=from_db(row[3]),
             matches=matches,
             sha256=row[1],
             phash=None if row[4] is None else from_sqlite(row[4]),

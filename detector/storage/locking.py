@@ -29,13 +29,19 @@ class DatabaseLock:
     after waiting up to ``wait`` seconds for it to be released."""
 
     def __init__(self, db: str | Path, command: str, wait: float = 0.0) -> None:
-        self.path = Path(f"{db}.lock")
+        # Keyed on the real file: a second name for the database (a symlink, another relative
+        # path) must meet the same lock.
+        self.database = Path(os.path.realpath(db))
+        self.path = Path(f"{self.database}.lock")
         self.command = command
         self.wait = wait
         self._fd: int | None = None
 
     def __enter__(self) -> DatabaseLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot lock {self.database}: {self.path}: {e.strerror or e}") from e
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -46,8 +52,8 @@ class DatabaseLock:
                     holder = _read(fd)
                     os.close(fd)
                     raise Locked(
-                        f"{self.path.with_suffix('')} is in use by another copyscan run"
-                        f"{f' ({holder})' if holder else ''}; try again later or pass --wait SECONDS"
+                        f"{self.database} is in use by another copyscan run"
+                        f"{f' ({holder})' if holder else ''}; try again later"
                     ) from None
                 time.sleep(_POLL_S)
         os.ftruncate(fd, 0)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from detector.outputs.report import Report, ReportRow
 from detector.storage.history import match_from_row
-from detector.storage.sql import utc_now
+from detector.storage.sql import from_db, utc_now
 
 if TYPE_CHECKING:
     from detector.storage.store import Store
@@ -53,7 +53,7 @@ class Reports:
                 ReportRow(
                     run_id=run.id,
                     item_id=int(r[0]),
-                    query_path=r[1],
+                    query_path=from_db(r[1]) or "",
                     query_sha256=r[2],
                     scanned_at=r[3],
                     new=new,

@@ -160,6 +160,12 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
+def _migrate_7(db: sqlite_utils.Database) -> None:
+    # How many of a run's recorded items reached every output: a run stopped by a broken pipe
+    # or a full disk is resumed by writing again what its outputs missed.
+    db.execute("ALTER TABLE runs ADD COLUMN written INTEGER NOT NULL DEFAULT 0")
+
+
 # Migration N upgrades a database at schema version N-1 to version N. Append, never edit.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
@@ -168,5 +174,10 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_4,
     _migrate_5,
     _migrate_6,
+    _migrate_7,
+)
+# Every table the migrations make: a database at the current version that lacks one is damaged.
+TABLES = frozenset(
+    {"meta", "catalog", "codes", "settings", "runs", "items", "matches", "checks", "rehash_codes"}
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -24,6 +24,26 @@ def in_chunks(values: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any
         yield part, ",".join("?" * len(part))
 
 
+def to_db(text: str | None) -> str | bytes | None:
+    """Text as stored: itself, or, when it holds file-name bytes that are not UTF-8 (Python's
+    surrogate escapes, as os.listdir gives them), those exact bytes as a BLOB, so the name
+    round-trips and the file can be opened again."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def from_db(value: str | bytes | None) -> str | None:
+    """The inverse of :func:`to_db`: stored bytes back to text with surrogate escapes."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value
+
+
 def parse_region(text: str | None) -> Region | None:
     """A polygon stored as JSON ``[[x, y], ...]``; None for none or for text that is not one."""
     if not text:
