@@ -165,6 +165,17 @@ def from_blobs(blobs: Sequence[bytes]) -> np.ndarray:
     return arr
 
 
+def cpu_threads(n: int) -> None:
+    """Run torch's CPU work on ``n`` threads in this process. A process that will fork
+    engines sets 1 before it builds the model: GNU OpenMP's thread pool does not survive a
+    fork, and a child that later asks for more threads than one hangs if the parent's pool
+    was ever started (measured: every child blocked forever); a child may then choose its
+    own count."""
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+
+
 class Models:
     """Builds the embedder on first use and keeps it: the weights load once per process."""
 
