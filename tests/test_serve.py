@@ -303,11 +303,20 @@ def test_health_stats_openapi_and_concurrent_checks(server, crawl_dir):
     status, stats, _ = server.call("GET", "/v1/stats")
     assert status == 200 and stats["catalog_images"] == 7 and stats["checks_served"] >= 12
     assert stats["engine_processes"] == 2 and len(set(stats["engine_pids"])) == 2
+    parents = {_parent(pid) for pid in stats["engine_pids"]}  # one zygote forked them both
+    assert len(parents) == 1 and parents != {server.process.pid}
+    maps = Path(f"/proc/{parents.pop()}/maps").read_text()
+    assert "libtorch" not in maps  # a fork of a process holding torch runs it 20-100x slower
     status, spec, _ = server.call("GET", "/openapi.json", as_=None)
     assert status == 200 and {"/v1/check", "/v1/catalog", "/v1/checks/{check_id}/decision"} <= set(
         spec["paths"]
     )
     assert "multipart/form-data" in spec["paths"]["/v1/check"]["post"]["requestBody"]["content"]
+
+
+def _parent(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
 
 
 def test_every_route_needs_a_token_and_the_admin_routes_the_admin_token(server):

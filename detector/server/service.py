@@ -3,9 +3,10 @@ catalog, and adding an upload to it. One :class:`CheckService` lives in each eng
 (:mod:`detector.server.engines`), which serves one request at a time; what needs no model
 (history, decisions, removals, thumbnails) is the :class:`~detector.server.desk.Desk`'s.
 
-The model and the index are loaded once, before the engines are forked, and shared by them;
-each engine rebuilds its own index when the catalog's generation changes (an image added or
-removed over HTTP or by the command line). Uploads go through the same safe loader as every
+The index is loaded once, before the engines are forked, and shared by them; each engine
+builds its own model after the fork (see :mod:`detector.server.engines` for why) and
+rebuilds its own index when the catalog's generation changes (an image added or removed over
+HTTP or by the command line). Uploads go through the same safe loader as every
 scan; uploaded bytes are stored under names made of their sha256 only, within the
 :class:`~detector.server.limits.StorageQuota`.
 """
@@ -103,12 +104,15 @@ class CheckService:
         store, settings = open_store(db, overrides, base)
         return cls(Path(db), store, settings, models or Models(settings), quota)
 
-    def warm(self) -> None:
-        """Load now what the first check would: the model (and its first run), the fast
-        scanner's index and its hash tables. Done before the engines are forked, so that they
-        share one copy of all of it."""
-        self.models.embed([np.zeros((self.settings.image_size,) * 2 + (3,), dtype=np.uint8)])
+    def load_index(self) -> None:
+        """Load the fast scanner's index and build its hash tables now, as the first check
+        would. Done before the engines are forked, so that they share one copy of it; it
+        never imports torch (see :mod:`detector.server.engines`)."""
         self.scanner(FAST).loaded.index.warm()
+
+    def load_model(self) -> None:
+        """Build the model and run it once, as the first check would (in each engine)."""
+        self.models.embed([np.zeros((self.settings.image_size,) * 2 + (3,), dtype=np.uint8)])
 
     def reopen(self) -> None:
         """A connection of this process's own, the loaded scanners pointed at it: a SQLite

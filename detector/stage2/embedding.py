@@ -166,11 +166,9 @@ def from_blobs(blobs: Sequence[bytes]) -> np.ndarray:
 
 
 def cpu_threads(n: int) -> None:
-    """Run torch's CPU work on ``n`` threads in this process. A process that will fork
-    engines sets 1 before it builds the model: GNU OpenMP's thread pool does not survive a
-    fork, and a child that later asks for more threads than one hangs if the parent's pool
-    was ever started (measured: every child blocked forever); a child may then choose its
-    own count."""
+    """Run torch's CPU work on ``n`` threads in this process. Call it in a process that
+    imported torch itself, not in the child of one that did: GNU OpenMP's thread pool does
+    not survive a fork (see :mod:`detector.server.engines`)."""
     import torch
 
     torch.set_num_threads(max(1, int(n)))
