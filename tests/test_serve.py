@@ -380,6 +380,15 @@ def test_a_foreign_host_name_gets_421(server):
             assert status == 421 and "Host" in body["error"]
     port = server.address[1]
     assert server.call("GET", "/v1/checks", headers={"Host": f"localhost:{port}"})[0] == 200
+    for raw in [  # the Host the door checks must be the one the app sees
+        f"GET /v1/checks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n",
+        f"GET /v1/checks HTTP/1.1\r\nHost: evil.example\r\nHost: 127.0.0.1:{port}\r\n",
+        "\x16\x03\x01 not HTTP at all\r\n",
+    ]:
+        with server.connect() as sock:
+            sock.sendall(f"{raw}Authorization: Bearer {server.tokens['admin']}\r\n\r\n".encode())
+            answer = _read_answer(sock, 10)
+        assert answer.startswith(b"HTTP/1.1 400") and b"nosniff" in answer and b'{"error": ' in answer
     assert server.call("GET", "/v1/stats")[1]["catalog_images"] >= 7  # nothing was removed
 
 

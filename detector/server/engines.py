@@ -125,8 +125,9 @@ class EnginePool:
             status = json.loads(ours.recv(65536) or b'{"error": "the engine loader stopped"}')
             if "error" in status:
                 raise EngineError(status["error"])
-            for _ in range(count.engines):
-                pool._add_idle(pool._spawn())
+            starting = [pool._ask() for _ in range(count.engines)]  # they load their models at once
+            for conn in starting:
+                pool._add_idle(_ready(conn))
         except BaseException:
             pool.close()
             raise
@@ -139,10 +140,7 @@ class EnginePool:
 
     async def check(self, upload: Upload, mode: str, changes: dict[str, Any], record: bool) -> dict[str, Any]:
         """:meth:`CheckService.check` in the first idle engine."""
-        try:
-            return await self._call(("check", upload, mode, changes, record))
-        finally:
-            self.served += 1
+        return await self._call(("check", upload, mode, changes, record))
 
     async def add(self, upload: Upload, owner: str | None, external_id: str | None) -> dict[str, Any]:
         """:meth:`CheckService.add` in the first idle engine."""
@@ -154,6 +152,8 @@ class EnginePool:
         engine = await self._idle.get()
         try:
             reply = await run_in_threadpool(engine.exchange, request)
+            if request[0] == "check":
+                self.served += 1
         except (EOFError, OSError) as e:
             LOG.error("engine %d stopped while serving a request: starting another", engine.pid)
             self._drop(engine)
@@ -170,19 +170,18 @@ class EnginePool:
         return _unwrap(reply)
 
     def _spawn(self) -> _Engine:
-        """Ask the zygote for one more engine; waits for it to be ready."""
+        """One more engine, ready."""
+        return _ready(self._ask())
+
+    def _ask(self) -> Connection:
+        """Ask the zygote for one more engine: our end of its socket."""
         ours, theirs = socket.socketpair()
         with self._spawn_lock:
             try:
                 socket.send_fds(self.control, [b"spawn"], [theirs.fileno()])
             finally:
                 theirs.close()
-        conn = Connection(ours.detach())
-        if not conn.poll(START_TIMEOUT_S):
-            conn.close()
-            raise EngineError("an engine did not start")
-        _, pid = conn.recv()
-        return _Engine(conn, int(pid))
+        return Connection(ours.detach())
 
     def _add_idle(self, engine: _Engine) -> None:
         self._all[engine.pid] = engine
@@ -201,6 +200,21 @@ class EnginePool:
             os.waitpid(self.zygote, 0)
         except ChildProcessError:
             pass
+
+
+def _ready(conn: Connection) -> _Engine:
+    """Wait for a new engine to say it is ready (it builds its model first)."""
+    try:
+        if not conn.poll(START_TIMEOUT_S):
+            raise EngineError("an engine did not start")
+        _, pid = conn.recv()
+    except (EOFError, OSError) as e:
+        conn.close()
+        raise EngineError("an engine stopped while starting (see the log above)") from e
+    except EngineError:
+        conn.close()
+        raise
+    return _Engine(conn, int(pid))
 
 
 def _unwrap(reply: tuple[Any, ...]) -> dict[str, Any]:

@@ -42,6 +42,8 @@ SIGNIN_PATH = "/review/signin"
 REVIEW_PATH = "/review"
 SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 1000
+# headers the door decides on: sent twice, the app behind it might read the other one
+_SINGLE = ("host", "origin", "authorization", "cookie", "sec-fetch-site", CSRF_HEADER.lower())
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _OPEN = frozenset(
     {("GET", "/v1/health"), ("GET", "/openapi.json"), ("GET", SIGNIN_PATH), ("POST", SIGNIN_PATH)}
@@ -162,7 +164,8 @@ class Door:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers") or []]
+        headers = dict(raw)
         method = scope["method"]
         origin = headers.get("origin")
         allowed_origin = origin if origin and self._cors(origin, headers.get("host", "")) else None
@@ -179,7 +182,13 @@ class Door:
                 message = {**message, "headers": [*message.get("headers", []), *added]}
             await send(message)
 
-        refusal = self._refusal(scope, method, headers, allowed_origin)
+        names = [k for k, _ in raw]
+        twice = next((n for n in _SINGLE if names.count(n) > 1), None)
+        refusal = (
+            _refuse(400, f"more than one {twice} header")
+            if twice
+            else self._refusal(scope, method, headers, allowed_origin)
+        )
         if isinstance(refusal, ClientError):
             if _large_unread_body(headers):
                 refusal.headers["Connection"] = "close"

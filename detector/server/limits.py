@@ -158,6 +158,7 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[asynci
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     overloaded = _canned(503, "Service Unavailable", "too many open connections; retry later", True)
+    malformed = _canned(400, "Bad Request", "malformed HTTP request", False)
     too_slow = _canned(
         408, "Request Timeout", f"request headers not received within {header_timeout:g} s", False
     )
@@ -182,6 +183,11 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[asynci
                 self.transport.close()
                 return
             self._arm()
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to bytes that are not HTTP, as JSON with nosniff like all others."""
+            self.transport.write(malformed)
+            self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
