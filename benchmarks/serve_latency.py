@@ -1,19 +1,25 @@
-"""Check latency of ``copyscan serve`` against a 100 k-image catalog, under a concurrent load
-generator on loopback, beside the same check as a ``copyscan check`` process per image.
+"""Check latency of ``copyscan serve`` against a 100 k-image catalog, under 1, 4 and 16
+concurrent clients on loopback, for each number of engine processes, beside the same check as
+a ``copyscan check`` process per image.
 
-    python benchmarks/serve_latency.py [--catalog 100000] [--requests 300] [--concurrency 4]
+    python benchmarks/serve_latency.py [--catalog 100000] [--requests 300] [--clients 1,4,16]
+                                       [--workers 1,N] [--seconds 180]
 
 The catalog holds the 7 demo images (real) and ``--catalog`` synthetic entries (random codes
 for the image and its three variants, random unit descriptors): stage 1 searches all of their
 codes, exactly as it would real ones. The queries are the 60 demo crawl files (copies,
-unrelated pictures and two unusable files) sent as raw bodies, in turn. The load is bounded by
-``--requests`` and ``--seconds``.
+unrelated pictures and two unusable files) sent as raw bodies, in turn, with the check token
+(the server is started with tokens given in the environment, as a deployment would). For each
+``--workers`` value (engine processes; default 1 and one per CPU) a server is started, warmed
+up, and loaded at each ``--clients`` level with ``--requests`` checks (bounded by
+``--seconds``). The table is printed in Markdown, ready for the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -66,11 +72,12 @@ def _synthetic(db: Path, n: int, seed: int = 0) -> None:
             )
 
 
-def _post(url: str, body: bytes) -> tuple[int, float]:
+def _post(url: str, body: bytes, token: str) -> tuple[int, float]:
     start = time.perf_counter()
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "image/jpeg"})
+    headers = {"Content-Type": "image/jpeg", "Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=120) as r:
+        with urllib.request.urlopen(request, timeout=300) as r:
             r.read()
             status = r.status
     except urllib.error.HTTPError as e:
@@ -79,10 +86,52 @@ def _post(url: str, body: bytes) -> tuple[int, float]:
     return status, time.perf_counter() - start
 
 
-def _percentiles(values: list[float]) -> str:
-    ms = sorted(1000 * v for v in values)
-    p = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
-    return f"p50 {p(0.5):7.1f} ms   p90 {p(0.9):7.1f} ms   p99 {p(0.99):7.1f} ms   max {ms[-1]:7.1f} ms"
+def _ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _load(url: str, token: str, queries: list[bytes], clients: int, requests: int, seconds: float) -> str:
+    """One row of the table: ``requests`` checks sent by ``clients`` threads at once."""
+    deadline = time.perf_counter() + seconds
+    results: list[tuple[int, float]] = []
+
+    def client(i: int) -> None:
+        if time.perf_counter() < deadline:
+            results.append(_post(url, queries[i % len(queries)], token))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(requests)))
+    wall = time.perf_counter() - t0
+    times = [t for _, t in results]
+    refused = sum(1 for status, _ in results if status not in (200, 422))
+    if refused:  # 422: the two unusable files; anything else would make the row meaningless
+        print(f"warning: {refused} checks at {clients} clients answered neither 200 nor 422")
+    return (
+        f"| {clients} | {len(results)} | {_ms(times, 0.5):,.1f} ms | {_ms(times, 0.99):,.1f} ms "
+        f"| {len(results) / wall:.1f} |"
+    )
+
+
+def _serve(db: Path, workers: int, clients: int, env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
+    """Start a server with ``workers`` engine processes; (process, url, seconds to come up)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    command = [str(EXE), "--db", str(db), "-q", "serve", "--port", str(port), "--workers", str(workers)]
+    server = subprocess.Popen([*command, "--max-connections", str(max(64, 4 * clients))], env=env)
+    while True:
+        try:
+            urllib.request.urlopen(url + "/v1/health", timeout=2).read()
+            return server, url, time.perf_counter() - t0
+        except OSError:
+            if server.poll() is not None or time.perf_counter() - t0 > 600:
+                server.terminate()
+                raise SystemExit("the server did not come up") from None
+            time.sleep(0.2)
 
 
 def main() -> int:
@@ -90,10 +139,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--catalog", type=int, default=100_000, help="synthetic catalog images")
-    parser.add_argument("--requests", type=int, default=300, help="checks sent under load")
-    parser.add_argument("--concurrency", type=int, default=4, help="clients sending at once")
-    parser.add_argument("--seconds", type=float, default=180, help="stop the load after this long")
+    parser.add_argument("--requests", type=int, default=300, help="checks sent at each load level")
+    parser.add_argument("--clients", default="1,4,16", help="clients sending at once, one level each")
+    parser.add_argument("--workers", default="", help="engine processes, one server each (default 1,CPUs)")
+    parser.add_argument("--seconds", type=float, default=180, help="stop a load level after this long")
     args = parser.parse_args()
+    cpus = len(os.sched_getaffinity(0))
+    workers = [int(w) for w in (args.workers or f"1,{cpus}").split(",")]
+    levels = [int(c) for c in args.clients.split(",")]
     work = Path(tempfile.mkdtemp(prefix="copyscan-serve-"))
     db = work / "serve.db"
     subprocess.run(
@@ -103,50 +156,27 @@ def main() -> int:
     _synthetic(db, args.catalog)
     print(
         f"catalog: 7 real + {args.catalog:,} synthetic images ({4 * (args.catalog + 7):,} codes), "
-        f"stored in {time.perf_counter() - t0:.1f} s"
+        f"stored in {time.perf_counter() - t0:.1f} s; {cpus} CPUs"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.perf_counter()
-    server = subprocess.Popen([str(EXE), "--db", str(db), "-q", "serve", "--port", str(port)])
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/v1/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.perf_counter() - t0 > 300:
-                    raise SystemExit("the server did not come up") from None
-                time.sleep(0.2)
-        print(f"server up (model and index loaded) in {time.perf_counter() - t0:.1f} s")
-        queries = [p.read_bytes() for p in sorted((ROOT / "fixtures/crawl").iterdir())]
-        for body in queries[:10]:  # warm-up: first uses build the stage-1 tables and caches
-            _post(url + "/v1/check?record=false", body)
-        alone = [_post(url + "/v1/check?record=false", queries[i % len(queries)])[1] for i in range(60)]
-        print(f"one client      {len(alone)} checks   {_percentiles(alone)}")
-        deadline = time.perf_counter() + args.seconds
-        results: list[tuple[int, float]] = []
-
-        def client(i: int) -> None:
-            if time.perf_counter() < deadline:
-                results.append(_post(url + "/v1/check?record=false", queries[i % len(queries)]))
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(client, range(args.requests)))
-        wall = time.perf_counter() - t0
-        ok = [t for status, t in results if status == 200]
-        spread = _percentiles([t for _, t in results])
-        print(
-            f"{args.concurrency} clients       {len(results)} checks   {spread}"
-            f"   {len(results) / wall:.1f} checks/s; {len(ok)} answered 200, "
-            f"{len(results) - len(ok)} 422 (the unusable files)"
-        )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    token = secrets.token_urlsafe(32)
+    env = {**os.environ, "COPYSCAN_CHECK_TOKEN": token, "COPYSCAN_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+    queries = [p.read_bytes() for p in sorted((ROOT / "fixtures/crawl").iterdir())]
+    rows = []
+    for count in dict.fromkeys(workers):
+        server, url, up = _serve(db, count, max(levels), env)
+        try:
+            print(f"{count} engine processes: up (model and index loaded) in {up:.1f} s")
+            check = url + "/v1/check?record=false"
+            for body in queries[:10] * count:  # warm-up: each engine's first checks fill its caches
+                _post(check, body, token)
+            for clients in levels:
+                rows.append(
+                    f"| {count} " + _load(check, token, queries, clients, args.requests, args.seconds)
+                )
+                print(rows[-1], flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
     cold = []
     for body_path in sorted((ROOT / "fixtures/crawl").iterdir())[:5]:
         t0 = time.perf_counter()
@@ -154,9 +184,10 @@ def main() -> int:
             [str(EXE), "--db", str(db), "check", str(body_path)], capture_output=True, env=os.environ
         )
         cold.append(time.perf_counter() - t0)
-    print(
-        f"peer: copyscan check, a process per image, 5 checks   p50 {1000 * statistics.median(cold):.0f} ms"
-    )
+    print("\n| engine processes | clients | checks | p50 | p99 | checks/s |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    peer = 1000 * statistics.median(cold)
+    print(f"| peer: `copyscan check`, a process per image | 1 | 5 | {peer:,.0f} ms | | |")
     return 0
 
 

@@ -10,7 +10,7 @@ from cli.catalog import catalog
 from cli.evaluate import evaluate
 from cli.history import report_command, runs
 from cli.scan import check, dedupe, scan
-from cli.serve import serve
+from cli.serve import serve, token
 from detector import __version__
 from detector.config import settings_table
 
@@ -52,7 +52,7 @@ def settings() -> None:
         click.echo(f"{name:<26} {shown!s:<12} {help_text}")
 
 
-for command in (settings, catalog, scan, check, dedupe, runs, report_command, serve, evaluate):
+for command in (settings, catalog, scan, check, dedupe, runs, report_command, serve, token, evaluate):
     cli.add_command(command)
 
 

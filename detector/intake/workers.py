@@ -49,6 +49,11 @@ def worker_count(settings: Settings, images: int) -> int:
         return 1
     if settings.jobs > 0:
         return settings.jobs
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers narrow), else all."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -1,6 +1,8 @@
 """The moderators' review page of ``copyscan serve``: recent flagged checks, each upload beside
 the catalog image it matched with the region stage 3 found outlined on both, and buttons to
-confirm or dismiss. A decision is POSTed to ``/v1/checks/{id}/decision`` and stored.
+confirm or dismiss. A decision is POSTed to ``/v1/checks/{id}/decision`` and stored, with
+the session's CSRF token (read from a ``<meta>`` tag, since the script is static and hashed)
+in ``X-CSRF-Token``. The sign-in page takes the admin token in a plain form.
 
 Every text is HTML-escaped; the one inline script and style are allowed by their sha256 in
 the Content-Security-Policy the server sends with the page, which also forbids anything from
@@ -33,16 +35,29 @@ dt{color:#777}dd{margin:0;word-break:break-all}
 .copy{color:#b00020;font-weight:600}.near-duplicate{color:#b36b00;font-weight:600}
 button{margin:8px 6px 0 0;padding:4px 12px;cursor:pointer}
 .decision{font-weight:600}
+header{display:flex;justify-content:space-between;align-items:baseline}
+form{background:#fff;border:1px solid #ddd;border-radius:6px;padding:16px;max-width:420px}
+input[type=password]{width:100%;box-sizing:border-box;padding:6px;margin:6px 0 10px}
+.error{color:#b00020}
 """
 
 _SCRIPT = """
+var csrf = document.querySelector('meta[name=csrf-token]').content;
+function post(url, body) {
+  return fetch(url, {method: 'POST', credentials: 'same-origin',
+    headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, body: JSON.stringify(body)});
+}
+var signout = document.getElementById('signout');
+if (signout) {
+  signout.addEventListener('click', function () {
+    post('/review/signout', {}).then(function () { location.assign('/review/signin'); });
+  });
+}
 document.querySelectorAll('button[data-decision]').forEach(function (b) {
   b.addEventListener('click', function () {
     var card = b.closest('.card');
-    fetch('/v1/checks/' + card.dataset.check + '/decision', {
-      method: 'POST', headers: {'Content-Type': 'application/json'},
-      body: JSON.stringify({decision: b.dataset.decision})
-    }).then(function (r) { return r.json(); }).then(function (c) {
+    post('/v1/checks/' + card.dataset.check + '/decision', {decision: b.dataset.decision})
+    .then(function (r) { return r.json(); }).then(function (c) {
       if (c.decision) {
         card.dataset.decision = c.decision;
         card.querySelector('.decision').textContent = c.decision + ' at ' + c.decided_at;
@@ -63,19 +78,46 @@ CSP = (
     f"default-src 'none'; img-src 'self'; style-src {_hash(_STYLE)}; script-src {_hash(_SCRIPT)}; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+SIGNIN_CSP = (
+    f"default-src 'none'; style-src {_hash(_STYLE)}; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+_HEAD = (
+    "<!doctype html><html lang=en><head><meta charset=utf-8>"
+    "<meta name=viewport content='width=device-width,initial-scale=1'>"
+)
 
 
-def render_review(checks: Sequence[CheckRecord]) -> tuple[str, str]:
-    """The page for these checks (newest first) and the Content-Security-Policy to send."""
+def render_review(checks: Sequence[CheckRecord], csrf: str = "", signed_in: bool = False) -> tuple[str, str]:
+    """The page for these checks (newest first) and the Content-Security-Policy to send.
+    ``csrf``: the session's CSRF token, sent back with each decision; ``signed_in``: show the
+    sign-out button (not when the server runs without authentication)."""
     cards = "\n".join(_card(c) for c in checks) or '<p id="none">No flagged checks yet.</p>'
+    signout = '<button id="signout" type="button">Sign out</button>' if signed_in else ""
     page = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f'{_HEAD}<meta name="csrf-token" content="{escape(csrf)}">'
         f"<title>copyscan review</title><style>{_STYLE}</style></head><body>"
-        f"<h1>copyscan review</h1><p>{len(checks)} recent flagged checks, newest first.</p>"
+        f"<header><h1>copyscan review</h1>{signout}</header>"
+        f"<p>{len(checks)} recent flagged checks, newest first.</p>"
         f'<main id="checks">{cards}</main><script>{_SCRIPT}</script></body></html>'
     )
     return page, CSP
+
+
+def render_signin(problem: str = "") -> tuple[str, str]:
+    """The sign-in page (a form POSTing the admin token to ``/review/signin``), with
+    ``problem`` shown when the last try failed, and its Content-Security-Policy."""
+    shown = f'<p class="error" id="problem">{escape(problem)}</p>' if problem else ""
+    page = (
+        f"{_HEAD}<title>copyscan review: sign in</title><style>{_STYLE}</style></head><body>"
+        f"<h1>copyscan review</h1>{shown}"
+        '<form method="post" action="/review/signin"><label for="token">Admin token</label>'
+        '<input type="password" id="token" name="token" autocomplete="current-password" required>'
+        '<button type="submit">Sign in</button></form>'
+        "<p>The token was shown when the server first started; "
+        "<code>copyscan token rotate --scope admin</code> makes a new one.</p></body></html>"
+    )
+    return page, SIGNIN_CSP
 
 
 def _card(c: CheckRecord) -> str:

@@ -5,6 +5,7 @@ it directly; a recorded run (:mod:`detector.runs`) drives it batch by batch."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import replace
 
 from detector.config import FAST, MODES, Settings
 from detector.errors import SettingError
@@ -39,6 +40,7 @@ class Scanner:
         else:
             loaded = LoadedCatalog.from_store(catalog, mode, exclude)
         self.source = catalog
+        self.loaded = loaded
         self.models = models
         self.settings = settings
         self.mode = mode
@@ -54,6 +56,19 @@ class Scanner:
         if isinstance(self.source, CatalogSnapshot):
             raise TypeError("this scanner was built from a CatalogSnapshot: it has no Store")
         return self.source
+
+    def rebound(self, store: Store) -> Scanner:
+        """This scanner's loaded catalog (index and descriptors, not copied) read through
+        ``store``'s connection: a process forked after loading must not use its parent's
+        SQLite connection, yet should not load the catalog again."""
+        if isinstance(self.source, CatalogSnapshot):
+            return self
+        clone = object.__new__(Scanner)
+        clone.__dict__.update(self.__dict__)
+        clone.source = store
+        clone.loaded = replace(self.loaded, view=store.catalog)
+        clone.chain = Chain(clone.loaded, self.models, self.settings, self.mode)
+        return clone
 
     def scan_prepared(self, batch: Sequence[Prepared]) -> list[ScanResult]:
         """The chain on a batch of prepared queries: one result each, in order."""

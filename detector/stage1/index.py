@@ -103,6 +103,13 @@ class HammingIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def warm(self) -> None:
+        """Build the hash tables now if they would ever be built (the policy allows them and
+        the catalog is large enough): a server that forks its engines after this shares one
+        copy of the tables instead of each engine building its own on its first checks."""
+        if self._tables is None and self._mih_policy is not False and len(self) >= _MIH_MIN_CODES:
+            self._build_tables()
+
     def probe_distances(
         self,
         probes: Sequence[Probe],

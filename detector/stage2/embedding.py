@@ -165,6 +165,15 @@ def from_blobs(blobs: Sequence[bytes]) -> np.ndarray:
     return arr
 
 
+def cpu_threads(n: int) -> None:
+    """Run torch's CPU work on ``n`` threads in this process. Call it in a process that
+    imported torch itself, not in the child of one that did: GNU OpenMP's thread pool does
+    not survive a fork (see :mod:`detector.server.engines`)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+
+
 class Models:
     """Builds the embedder on first use and keeps it: the weights load once per process."""
 
