@@ -8,9 +8,12 @@ attacked copy of itself (one random attack family each, from copyscan's attack s
 against another corpus image. Timed on one thread, per pair:
 - ``keypoints``: finding keypoints and descriptors in the query (the catalog side is cached
   by a scanner, so a pair costs the query's once and the match below per candidate);
-- ``match + RANSAC``: matching descriptors, the ratio test and the model fit.
-Also printed: how well the inlier count separates copies from other pictures (the share of
-copies and of unrelated pairs above the score's floor, ``Settings().inliers_floor`` inliers).
+- ``match + RANSAC``: matching descriptors, the ratio test and the model fit;
+- ``dense agreement``: for a pair above the floor, the catalog image brought onto the query
+  and compared cell by cell (:mod:`detector.stage3.agreement`), counted over every pair.
+Also printed: the agreement of copies and of unrelated pairs above the floor, and how well
+the inlier count separates copies from other pictures (the share of copies and of unrelated
+pairs above the score's floor, ``Settings().inliers_floor`` inliers).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 
 from detector.config import Settings
 from detector.intake.loader import load_image
+from detector.stage3.agreement import compare
 from detector.stage3.keypoints import Features, features, verify, verify_grey
 from detector.tasks.attacks import FAMILIES, attack
 
@@ -76,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     chosen = rng.choice(len(paths), size=min(args.pairs, len(paths)), replace=False)
     greys = {int(i): verify_grey(load_image(paths[int(i)], settings).rgb, settings) for i in chosen}
-    ours: dict[str, list[float]] = {"keypoints": [], "match": []}
+    ours: dict[str, list[float]] = {"keypoints": [], "match": [], "agree": []}
+    agreements: dict[str, list[float]] = {"copy": [], "other": []}
     peer: dict[str, list[float]] = {"keypoints": [], "match": []}
     inliers: dict[tuple[str, str], list[int]] = {
         (who, kind): [] for who in ("ours", "peer") for kind in ("copy", "other")
@@ -100,6 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             v, t = _time(verify, q_orb, orb_cache[j], settings)
             ours["match"].append(t)
             inliers["ours", kind].append(v.inliers)
+            if v.inliers > FLOOR and v.src is not None and v.dst is not None:
+                found, t = _time(compare, copy, greys[j], v.src, v.dst, settings)
+                if found.agreement is not None:
+                    agreements[kind].append(found.agreement)
+            else:
+                t = 0.0
+            ours["agree"].append(t)
             found, t = _time(_sift_verify, q_sift, sift_cache[j])
             peer["match"].append(t)
             inliers["peer", kind].append(found)
@@ -107,15 +119,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'':34}{'ours (ORB + affine)':>22}{'peer (SIFT + homography)':>27}")
     for label, key in (("keypoints of the query, ms", "keypoints"), ("match + RANSAC per pair, ms", "match")):
         print(f"{label:34}{1000 * np.mean(ours[key]):>22.2f}{1000 * np.mean(peer[key]):>27.2f}")
-    per_pair_ours = 1000 * (np.mean(ours["keypoints"]) + np.mean(ours["match"]))
+    print(f"{'dense agreement per pair, ms':34}{1000 * np.mean(ours['agree']):>22.2f}{'-':>27}")
+    per_pair_ours = 1000 * (np.mean(ours["keypoints"]) + np.mean(ours["match"]) + np.mean(ours["agree"]))
     per_pair_peer = 1000 * (np.mean(peer["keypoints"]) + np.mean(peer["match"]))
-    print(f"{'one new pair (both of the above), ms':34}{per_pair_ours:>22.2f}{per_pair_peer:>27.2f}")
+    print(f"{'one new pair (all of the above), ms':34}{per_pair_ours:>22.2f}{per_pair_peer:>27.2f}")
     for kind in ("copy", "other"):
         o = np.array(inliers["ours", kind])
         p = np.array(inliers["peer", kind])
         label = f"{kind} pairs with > {FLOOR} inliers"
         print(f"{label:34}{np.mean(o > FLOOR):>22.3f}{np.mean(p > FLOOR):>27.3f}")
         print(f"{kind + ' pairs, median inliers':34}{np.median(o):>22.0f}{np.median(p):>27.0f}")
+        found = np.array(agreements[kind])
+        if found.size:
+            quantiles = ", ".join(f"{q:.2f}" for q in np.quantile(found, [0.01, 0.1, 0.5]))
+            print(f"{kind + ' pairs, agreement 1/10/50 %':34}{quantiles:>22}{'-':>27}")
     return 0
 
 

@@ -168,6 +168,11 @@ def evaluate(
             f"  CNN ran on              {f.cnn_share_copies:.0%} of copies, "
             f"{f.cnn_share_distractors:.0%} of distractors"
         )
+        precision = "-" if f.copy_precision is None else f"{f.copy_precision:.3f}"
+        click.echo(
+            f"  default verdict         'copy' precision {precision}, recall {f.copy_recall:.3f}; "
+            f"{f.flagged_distractors:.1%} of distractors flagged"
+        )
         click.echo(f"  {'family':<12} {'copies':>6} {'R@99%P':>7} {'R@95%P':>7} {'stage 2':>8}")
         for fam in f.families:
             click.echo(

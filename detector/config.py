@@ -205,6 +205,44 @@ class Settings:
     max_stretch: float = _setting(
         3.0, "stage 3: and one axis at most this many times more than the other", ranged=(1, 1000)
     )
+    agree: bool = _setting(
+        True,
+        "stage 3: after the fit, compare the aligned images cell by cell (a look-alike agrees on "
+        "its template only)",
+    )
+    agree_cell: int = _setting(16, "stage 3: side of a compared cell, pixels at verify_side", ranged=(4, 256))
+    agree_sigma: float = _setting(
+        1.5, "stage 3: Gaussian smoothing (pixels) of both images before cells are compared", ranged=(0.1, 20)
+    )
+    agree_flat: float = _setting(
+        6.0, "stage 3: a cell whose grey levels vary less than this std has no texture", ranged=(0, 128)
+    )
+    agree_ncc: float = _setting(
+        0.5, "stage 3: normalised correlation at which a textured cell agrees", ranged=(-1, 1)
+    )
+    agree_min_cells: int = _setting(
+        8,
+        "stage 3: fewer textured cells in the overlap than this: agreement is not judged",
+        ranged=(1, 100_000),
+    )
+    agree_added: float = _setting(
+        0.5,
+        "stage 3: weight of a cell textured in the query only (added content: an overlay's, or a "
+        "look-alike's own) against a cell compared on both sides",
+        ranged=(0, 1),
+    )
+    agree_power: float = _setting(
+        2.0,
+        "the score of a pair whose overlap was compared is multiplied by its agreement to this "
+        "power (0: the agreement only caps, through agree_floor)",
+        ranged=(0, 8),
+    )
+    agree_floor: float = _setting(
+        0.6,
+        "a pair whose overlap agrees on less than this share of its textured cells scores at most "
+        "unconfirmed_cap: whatever its inliers, it is a look-alike",
+        ranged=(0, 1),
+    )
     region_points: int = _setting(16, "stage 3: most corners of a matched-region polygon", ranged=(3, 1000))
     blur_factors: tuple[int, ...] = _setting(
         (2, 3),
@@ -237,10 +275,10 @@ class Settings:
         ranged=(-1, 2),
     )
     copy_threshold: float = _setting(
-        0.51, "score at or above which the verdict is 'copy' (above 1: never)", ranged=(0, 2)
+        0.85, "score at or above which the verdict is 'copy' (above 1: never)", ranged=(0, 2)
     )
     near_duplicate_threshold: float = _setting(
-        0.38,
+        0.80,
         "score at or above which the verdict is 'near-duplicate' (above 1: never)",
         ranged=(0, 2),
     )

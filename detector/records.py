@@ -23,7 +23,10 @@ class Match:
     when stage 1 matched it (see :class:`detector.stage1.hashing.Transform`); ``inliers`` are
     stage 3's RANSAC inliers (None when stage 3 did not run or could not judge) and the
     regions outline what matched in each image, as polygons of fractions of its width and
-    height (the query as its file is, before any turn)."""
+    height (the query as its file is, before any turn). ``agreement`` is the share of the
+    aligned overlap whose content agrees, ``query_coverage`` and ``catalog_coverage`` the
+    overlap's share of each image (None where stage 3 found no map), and ``disagreement``
+    outlines where the query differs from the catalog image."""
 
     catalog_id: int
     catalog_path: str
@@ -36,6 +39,10 @@ class Match:
     inliers: int | None = None
     query_region: Region | None = None
     catalog_region: Region | None = None
+    agreement: float | None = None
+    query_coverage: float | None = None
+    catalog_coverage: float | None = None
+    disagreement: tuple[Region, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -54,12 +54,14 @@ def look_alike(
 ) -> bool:
     """Whether stage 3's word leaves a pair no better than a look-alike, whatever stages 1
     and 2 say: only the embedding found it and stage 3 did not confirm it (the CNN alone is
-    easily fooled); ORB and SIFT both found not one point in common; or it is too smooth for
+    easily fooled); ORB and SIFT both found not one point in common; the images aligned by
+    stage 3's map disagree on too much of their overlap (they share a template, not a
+    picture); or it is too smooth for
     stage 3 to judge and the CNN neither is sure of it nor singles it out from the query's
     other catalog neighbours (smooth blobs look alike to pHash and to the CNN)."""
     if not c.within_radius and not found.confirms(settings):
         return True
-    if found.refutes:
+    if found.refutes or found.disagrees(settings):
         return True
     alike = distinct is not None and distinct < settings.smooth_distinct and cosine < settings.smooth_cosine
     return found.inliers is None and alike
@@ -84,12 +86,16 @@ def judge(
 ) -> Match:
     """One candidate's match: its score from the stages' evidence (``evidence`` None when stage
     3 did not run on the query; ``rival`` the query's best cosine with another catalog image
-    that is not the candidate's twin, thorough mode), capped at ``unconfirmed_cap`` for a
-    :func:`look_alike`, and the verdict taken on the score as shown (4 decimals)."""
+    that is not the candidate's twin, thorough mode), multiplied by the share of the aligned
+    overlap that agrees to the power ``agree_power`` where stage 3 compared it, capped at
+    ``unconfirmed_cap`` for a :func:`look_alike`, and the verdict taken on the score as shown
+    (4 decimals)."""
     distinct = None if rival is None else cosine - rival
     inliers = None if evidence is None else evidence.inliers
     sift = None if evidence is None else evidence.sift_inliers
     value = score(c.hamming, cosine, settings, inliers, sift, distinct)
+    if evidence is not None and evidence.agreement is not None:
+        value *= evidence.agreement**settings.agree_power  # what does not agree is not copied
     if evidence is not None and look_alike(c, evidence, cosine, distinct, settings):
         value = min(value, settings.unconfirmed_cap)
     shown = round(value, 4)
@@ -105,6 +111,10 @@ def judge(
         inliers=inliers,
         query_region=None if evidence is None else evidence.query_region,
         catalog_region=None if evidence is None else evidence.catalog_region,
+        agreement=None if evidence is None else evidence.agreement,
+        query_coverage=None if evidence is None else evidence.query_coverage,
+        catalog_coverage=None if evidence is None else evidence.catalog_coverage,
+        disagreement=() if evidence is None else evidence.disagreement,
     )
 
 

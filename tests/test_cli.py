@@ -87,7 +87,12 @@ def test_scan_jsonl_finds_every_attacked_copy_and_nothing_else(demo_db, crawl_di
                 "inliers",
                 "query_region",
                 "catalog_region",
+                "agreement",
+                "query_coverage",
+                "catalog_coverage",
+                "disagreement",
             }
+            assert best["agreement"] >= 0.5 and 0 < best["query_coverage"] <= 1, name
             assert best["owner"] == "Demo Rights" and 0 <= best["score"] <= 1
     assert "60 images" in out.stderr
 

@@ -72,6 +72,10 @@ def pair(
         "inliers": 42,
         "query_region": SQUARE,
         "catalog_region": TILTED,
+        "agreement": 0.875,
+        "query_coverage": 0.9,
+        "catalog_coverage": 0.8125,
+        "disagreement": (((0.5, 0.5), (0.75, 0.5), (0.75, 0.75), (0.5, 0.75)),),
         "new": True,
     }
     fields.update(kw)
@@ -480,6 +484,7 @@ def test_report_json_round_trips(tmp_path: Path) -> None:
                 **r,
                 "query_region": tuple(map(tuple, r["query_region"])) if r["query_region"] else None,
                 "catalog_region": tuple(map(tuple, r["catalog_region"])) if r["catalog_region"] else None,
+                "disagreement": tuple(tuple(map(tuple, d)) for d in r["disagreement"]),
             },
         )
         for r in data["rows"]

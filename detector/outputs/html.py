@@ -32,7 +32,7 @@ from detector.errors import ImageError, ReportError
 from detector.intake.loader import load_image
 from detector.outputs.records import display
 from detector.outputs.report import Report, ReportRow
-from detector.records import Region
+from detector.records import Match, Region
 
 THUMB_DIR = "thumbs"
 THUMB_SIDE = 240  # longer side of a thumbnail, pixels
@@ -368,13 +368,15 @@ def _match(row: ReportRow, catalog: Thumb, writer: ThumbWriter) -> str:
         ("owner", _owner(row.match.owner)),
         ("transform", _e(row.match.transform or "—")),
         ("inliers", _e(_num(row.match.inliers, "d"))),
+        ("agreement", _e(_agreement(row.match))),
         ("similarity", _e(stage1)),
     ]
     dl = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
     return (
         f"<li{attrs}>\n"
         '<div class="pair">'
-        f"<figure>{_thumb(query, row.match.query_region, 'copy')}<figcaption>copy</figcaption></figure>"
+        f"<figure>{_thumb(query, row.match.query_region, 'copy', row.match.disagreement)}"
+        "<figcaption>copy</figcaption></figure>"
         f"<figure>{_thumb(catalog, row.match.catalog_region, 'catalog image')}"
         "<figcaption>catalog</figcaption></figure>"
         "</div>\n"
@@ -386,13 +388,26 @@ def _owner(owner: str | None) -> str:
     return _e(owner) if owner is not None else '<span class="none">(no owner)</span>'
 
 
+def _agreement(m: Match) -> str:
+    """How much of the aligned overlap agrees, and how much of each picture it covers."""
+    if m.agreement is None:
+        return "—"
+    covers = ""
+    if m.query_coverage is not None and m.catalog_coverage is not None:
+        covers = (
+            f" (covering {m.query_coverage:.0%} of the copy, {m.catalog_coverage:.0%} of the catalog image)"
+        )
+    return f"{m.agreement:.0%} of the overlap{covers}"
+
+
 def _num(value: float | int | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _thumb(thumb: Thumb, region: Region | None, alt: str) -> str:
-    """A thumbnail with ``region`` (fractions of the image) outlined over it, or the
-    placeholder of an image that could not be loaded."""
+def _thumb(thumb: Thumb, region: Region | None, alt: str, disagreement: tuple[Region, ...] = ()) -> str:
+    """A thumbnail with ``region`` (fractions of the image) outlined over it, and dashed the
+    parts that ``disagreement`` says differ from the other image; or the placeholder of an
+    image that could not be loaded."""
     if thumb.name is None:
         return (
             f'<div class="thumb missing" role="img" aria-label="{_e(alt)} not available">'
@@ -402,12 +417,20 @@ def _thumb(thumb: Thumb, region: Region | None, alt: str) -> str:
         f'<img src="{THUMB_DIR}/{_e(thumb.name)}" width="{thumb.width}" height="{thumb.height}"'
         f' alt="{_e(alt)}" loading="lazy" decoding="async">'
     )
+    shapes = []
     points = _points(region, thumb.width, thumb.height)
-    outline = ""
     if points:
+        shapes.append(f'<polygon points="{points}"/>')
+    for area in disagreement:
+        found = _points(area, thumb.width, thumb.height)
+        if found:
+            shapes.append(f'<polygon class="disagree" points="{found}"/>')
+    outline = ""
+    if shapes:
         outline = (
             f'<svg class="region" viewBox="0 0 {thumb.width} {thumb.height}" aria-hidden="true">'
-            f'<polygon points="{points}"/></svg>'
+            + "".join(shapes)
+            + "</svg>"
         )
     return f'<div class="thumb">{img}{outline}</div>'
 
@@ -455,6 +478,7 @@ figure{margin:0}figcaption{font-size:.75rem;color:#666;text-align:center;margin-
 .thumb svg{position:absolute;left:0;top:0;width:100%;height:100%;pointer-events:none}
 .thumb polygon{fill:rgba(255,60,30,.12);stroke:#ff2d0a;stroke-width:2.5;stroke-linejoin:round;
 vector-effect:non-scaling-stroke}
+.thumb polygon.disagree{fill:rgba(30,90,255,.18);stroke:#1d4ed8;stroke-dasharray:4 3;stroke-width:1.5}
 .missing{display:flex;align-items:center;justify-content:center;width:240px;height:150px;
 box-sizing:border-box;padding:.6rem;line-height:1.3;font-size:.8rem;color:#8a1c1c;text-align:center;
 word-break:break-word;background:repeating-linear-gradient(45deg,#f4e9e9 0 8px,#fbf5f5 8px 16px)}

@@ -26,6 +26,11 @@ CSV_COLUMNS = (
     "cosine",
     "score",
     "verdict",
+    "transform",
+    "inliers",
+    "agreement",
+    "query_coverage",
+    "catalog_coverage",
 )
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -50,7 +55,10 @@ def match_record(m: Match) -> dict[str, Any]:
     query was turned or cut when stage 1 matched it), ``inliers`` (stage-3 RANSAC inliers,
     null when stage 3 did not run) and the matched regions, ``query_region`` and
     ``catalog_region`` (polygons ``[[x, y], ...]`` in fractions of each image's width and
-    height; null without stage-3 evidence)."""
+    height; null without stage-3 evidence), ``agreement`` (the share of the aligned overlap
+    whose content agrees), ``query_coverage`` and ``catalog_coverage`` (the overlap's share of
+    each image) and ``disagreement`` (polygons where the query differs; empty when it agrees
+    everywhere or was not compared)."""
     return {
         "catalog_id": m.catalog_id,
         "catalog_path": m.catalog_path,
@@ -63,6 +71,10 @@ def match_record(m: Match) -> dict[str, Any]:
         "inliers": m.inliers,
         "query_region": None if m.query_region is None else [list(p) for p in m.query_region],
         "catalog_region": None if m.catalog_region is None else [list(p) for p in m.catalog_region],
+        "agreement": m.agreement,
+        "query_coverage": m.query_coverage,
+        "catalog_coverage": m.catalog_coverage,
+        "disagreement": [[list(p) for p in r] for r in m.disagreement],
     }
 
 
@@ -104,9 +116,19 @@ def csv_rows(r: ScanResult) -> list[list[str]]:
             f"{m.cosine:.4f}",
             f"{m.score:.4f}",
             m.verdict,
+            safe_cell(m.transform),
+            optional(m.inliers),
+            optional(m.agreement),
+            optional(m.query_coverage),
+            optional(m.catalog_coverage),
         ]
         for rank, m in enumerate(r.matches, 1)
     ]
+
+
+def optional(value: float | int | None) -> str:
+    """A number for a CSV cell, or empty for none."""
+    return "" if value is None else str(value)
 
 
 def table_lines(r: ScanResult) -> list[str]:

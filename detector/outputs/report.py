@@ -9,7 +9,7 @@ import csv
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from detector.outputs.records import match_record, region_text, safe_cell
+from detector.outputs.records import match_record, optional, region_text, safe_cell
 from detector.records import Match, RunInfo
 
 
@@ -55,6 +55,9 @@ REPORT_CSV_COLUMNS = (
     "hamming",
     "transform",
     "inliers",
+    "agreement",
+    "query_coverage",
+    "catalog_coverage",
     "new",
     "query_region",
     "catalog_region",
@@ -86,7 +89,10 @@ def report_csv_row(row: ReportRow) -> list[str]:
         f"{m.cosine:.4f}",
         str(m.hamming),
         safe_cell(m.transform),
-        "" if m.inliers is None else str(m.inliers),
+        optional(m.inliers),
+        optional(m.agreement),
+        optional(m.query_coverage),
+        optional(m.catalog_coverage),
         "true" if row.new else "false",
         safe_cell(region_text(m.query_region)),
         safe_cell(region_text(m.catalog_region)),

@@ -30,6 +30,7 @@ figure{margin:0;text-align:center;font-size:12px;color:#666}
 .thumb img{max-width:300px;max-height:300px;min-width:60px;min-height:60px}
 .thumb svg{position:absolute;inset:0;width:100%;height:100%}
 .thumb polygon{fill:none;stroke:#e00;stroke-width:2;vector-effect:non-scaling-stroke}
+.thumb polygon.disagree{fill:rgba(30,90,255,.18);stroke:#1d4ed8;stroke-dasharray:4 3;stroke-width:1.5}
 dl{display:grid;grid-template-columns:auto 1fr;gap:2px 10px;margin:0}
 dt{color:#777}dd{margin:0;word-break:break-all}
 .copy{color:#b00020;font-weight:600}.near-duplicate{color:#b36b00;font-weight:600}
@@ -124,7 +125,13 @@ def _card(c: CheckRecord) -> str:
     matches: list[dict[str, Any]] = [m for m in c.result.get("matches", []) if isinstance(m, dict)]
     best = matches[0] if matches else {}
     catalog_id = best.get("catalog_id")
-    query = _figure(f"/review/thumbs/check/{c.id}.jpg", best.get("query_region"), "upload")
+    disagreement = best.get("disagreement")
+    query = _figure(
+        f"/review/thumbs/check/{c.id}.jpg",
+        best.get("query_region"),
+        "upload",
+        disagreement if isinstance(disagreement, list) else [],
+    )
     original = (
         _figure(f"/review/thumbs/match/{c.id}.jpg", best.get("catalog_region"), "catalog")
         if isinstance(catalog_id, int)
@@ -140,6 +147,7 @@ def _card(c: CheckRecord) -> str:
         ("owner", escape(str(best.get("owner") or "—"))),
         ("external id", escape(str(best.get("external_id") or "—"))),
         ("inliers", escape(str(best.get("inliers", "—")))),
+        ("agreement", escape(_share(best.get("agreement")))),
         ("other matches", escape(str(max(len(matches) - 1, 0)))),
     ]
     decided = f"{c.decision} at {c.decided_at}" if c.decision else "pending"
@@ -153,13 +161,23 @@ def _card(c: CheckRecord) -> str:
     )
 
 
-def _figure(src: str, region: object, caption: str) -> str:
-    outline = ""
+def _figure(src: str, region: object, caption: str, disagreement: list[object] | None = None) -> str:
+    """A thumbnail with the matched region outlined, and dashed where it disagrees with the
+    other image."""
+    shapes = []
     points = _points(region)
     if points:
+        shapes.append(f'<polygon points="{points}"/>')
+    for area in disagreement or []:
+        found = _points(area)
+        if found:
+            shapes.append(f'<polygon class="disagree" points="{found}"/>')
+    outline = ""
+    if shapes:
         outline = (
             '<svg viewBox="0 0 1 1" preserveAspectRatio="none" aria-hidden="true">'
-            f'<polygon points="{points}"/></svg>'
+            + "".join(shapes)
+            + "</svg>"
         )
     return (
         f'<figure><div class="thumb"><img src="{escape(src)}" alt="{escape(caption)}">{outline}</div>'
@@ -177,6 +195,10 @@ def _points(region: object) -> str:
             return ""
         out.append(f"{min(max(float(p[0]), 0.0), 1.0):.4f},{min(max(float(p[1]), 0.0), 1.0):.4f}")
     return " ".join(out)
+
+
+def _share(value: object) -> str:
+    return f"{value:.0%} of the overlap agrees" if isinstance(value, int | float) else "—"
 
 
 def _num(value: object) -> str:

@@ -57,6 +57,8 @@ class Verification:
     keypoints: int = 0
     query_region: Region | None = None
     catalog_region: Region | None = None
+    src: np.ndarray | None = None  # (k, 2) float32: the inliers in the query...
+    dst: np.ndarray | None = None  # ...and the catalog points they matched
 
 
 def verify_grey(rgb: np.ndarray, settings: Settings) -> np.ndarray:
@@ -143,6 +145,8 @@ def verify(query: Features, catalog: Features, settings: Settings) -> Verificati
         keypoints,
         region(src[inlier], query.width, query.height, settings.region_points),
         region(dst[inlier], catalog.width, catalog.height, settings.region_points),
+        src[inlier],
+        dst[inlier],
     )
 
 

@@ -10,6 +10,7 @@ blurred query's SIFT keypoints also meet those of the catalog image degraded ali
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +26,7 @@ from detector.records import Region
 from detector.stage1.hashing import dihedral_image, undo_dihedral_points
 from detector.stage2.descriptors import ranked
 from detector.stage2.embedding import degraded
+from detector.stage3.agreement import Agreement, compare
 from detector.stage3.keypoints import Features, Verification, features, sift_features, verify, verify_grey
 
 if TYPE_CHECKING:
@@ -45,6 +47,10 @@ class Evidence:
     query_region: Region | None = None
     catalog_region: Region | None = None
     sift_inliers: int | None = None  # SIFT's count, where it was also asked (thorough mode)
+    agreement: float | None = None  # the aligned overlap's share that agrees (see stage3.agreement)
+    query_coverage: float | None = None  # the overlap's share of the query
+    catalog_coverage: float | None = None  # and of the catalog image
+    disagreement: tuple[Region, ...] = ()  # where the query disagrees (as its file is)
 
     def confirms(self, settings: Settings) -> bool:
         """Whether the keypoints found more than chance agreement."""
@@ -55,6 +61,11 @@ class Evidence:
     def refutes(self) -> bool:
         """Whether ORB and SIFT both judged the pair and neither found a single inlier."""
         return self.inliers == 0 and self.sift_inliers == 0
+
+    def disagrees(self, settings: Settings) -> bool:
+        """Whether the aligned images differ on too much of their overlap for a copy (a
+        look-alike that shares only its template)."""
+        return self.agreement is not None and self.agreement < settings.agree_floor
 
 
 class VerificationStage:
@@ -95,15 +106,16 @@ class VerificationStage:
                 out[cid] = Evidence(None)
                 continue
             close = round(case.cosines[cid], 4) >= s.inverted_cosine
+            inverted = False
             if self.thorough and orb.inliers <= s.inliers_floor and close:
                 # a colour-inverted copy: its keypoints match the original's only once inverted back
-                inverted = verify(query.inverted(turn), catalog, s)
-                if inverted.keypoints >= s.min_keypoints and inverted.inliers > orb.inliers:
-                    orb = inverted
+                found = verify(query.inverted(turn), catalog, s)
+                if found.keypoints >= s.min_keypoints and found.inliers > orb.inliers:
+                    orb, inverted = found, True
             sift = None
             if self.thorough and s.sift and rank < s.sift_top and orb.inliers < s.inliers_full:
                 sift = self._sift_verification(query, turn, cid, path, case.blurred)
-            out[cid] = self._evidence(orb, sift, turn)
+            out[cid] = self._evidence(orb, sift, query, turn, inverted, cid, path)
         if chosen and not out:
             return None
         return out
@@ -147,18 +159,58 @@ class VerificationStage:
         except (cv2.error, ValueError):  # a catalog image no stage can use: as if unreadable
             return None
 
-    def _evidence(self, orb: Verification, sift: Verification | None, turn: str) -> Evidence:
-        """The evidence of a pair, with the region shown: ORB's beyond chance, else SIFT's
-        beyond chance, else none (the query's region turned back to the file's frame)."""
+    def _evidence(
+        self,
+        orb: Verification,
+        sift: Verification | None,
+        query: _QueryKeypoints,
+        turn: str,
+        inverted: bool,
+        catalog_id: int,
+        path: str,
+    ) -> Evidence:
+        """The evidence of a pair, with the region shown and the content compared over the
+        overlap: by ORB's map beyond chance, else SIFT's beyond chance, else none (regions in
+        the query turned back to the file's frame)."""
         s = self.settings
         sift_inliers = None if sift is None else sift.inliers
         shown = orb if orb.inliers > s.inliers_floor else None
         if shown is None and sift is not None and sift.inliers > s.sift_floor:
-            shown = sift
+            shown, inverted = sift, False
         if shown is None or shown.query_region is None:
             return Evidence(orb.inliers, sift_inliers=sift_inliers)
         back = undo_dihedral_points(shown.query_region, turn)
-        return Evidence(orb.inliers, back, shown.catalog_region, sift_inliers)
+        found = self._agreement(shown, query.turned(turn, inverted), catalog_id, path)
+        if found is None:
+            return Evidence(orb.inliers, back, shown.catalog_region, sift_inliers)
+        return Evidence(
+            orb.inliers,
+            back,
+            shown.catalog_region,
+            sift_inliers,
+            found.agreement,
+            round(found.query_coverage, 4),
+            round(found.catalog_coverage, 4),
+            tuple(undo_dihedral_points(r, turn) for r in found.disagreement),
+        )
+
+    def _agreement(
+        self, shown: Verification, query: np.ndarray, catalog_id: int, path: str
+    ) -> Agreement | None:
+        """The dense comparison of the pair aligned by ``shown``'s inliers; None when it is
+        switched off or the catalog image cannot be read any more."""
+        if not self.settings.agree or shown.src is None or shown.dst is None:
+            return None
+        rgb = self.images.rgb(catalog_id, path)
+        if rgb is None:
+            return None
+        try:
+            found = compare(query, verify_grey(rgb, self.settings), shown.src, shown.dst, self.settings)
+        except (cv2.error, ValueError):
+            return None
+        if found.agreement is None:
+            return found
+        return dataclasses.replace(found, agreement=round(found.agreement, 4))
 
 
 class _QueryKeypoints:
@@ -178,6 +230,11 @@ class _QueryKeypoints:
 
     def sift(self, turn: str) -> Features:
         return self._get("sift", turn)
+
+    def turned(self, turn: str, inverted: bool) -> np.ndarray:
+        """The grey image turned (and inverted) as the keypoints saw it."""
+        grey = dihedral_image(self.grey, turn)
+        return 255 - grey if inverted else grey
 
     def _get(self, kind: str, turn: str) -> Features:
         key = (kind, turn)

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any
 from detector.errors import NotFound, StoreError
 from detector.records import Match, RunInfo, ScanResult
 from detector.stage1.hashing import from_sqlite, to_sqlite
-from detector.storage.sql import from_db, in_chunks, parse_region, region_json, to_db, utc_now
+from detector.storage.sql import (
+    from_db,
+    in_chunks,
+    parse_region,
+    parse_regions,
+    region_json,
+    regions_json,
+    to_db,
+    utc_now,
+)
 
 if TYPE_CHECKING:
     from detector.storage.store import Store
@@ -24,7 +33,7 @@ _RUN_SELECT = (
 )
 MATCH_COLUMNS = (
     "catalog_id, catalog_path, owner, hamming, cosine, score, verdict, transform, inliers,"
-    " query_region, catalog_region"
+    " query_region, catalog_region, agreement, query_coverage, catalog_coverage, disagreement"
 )
 
 
@@ -42,6 +51,10 @@ def match_row(m: Match) -> tuple[Any, ...]:
         m.inliers,
         region_json(m.query_region),
         region_json(m.catalog_region),
+        m.agreement,
+        m.query_coverage,
+        m.catalog_coverage,
+        regions_json(m.disagreement),
     )
 
 
@@ -60,6 +73,10 @@ def match_from_row(row: Sequence[Any]) -> Match:
         inliers=row[8],
         query_region=parse_region(row[9]),
         catalog_region=parse_region(row[10]),
+        agreement=row[11],
+        query_coverage=row[12],
+        catalog_coverage=row[13],
+        disagreement=parse_regions(row[14]),
     )
 
 
@@ -107,7 +124,7 @@ class History:
                     ),
                 )
                 self.conn.executemany(
-                    f"INSERT INTO matches (item_id, {MATCH_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                    f"INSERT INTO matches (item_id, {MATCH_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                     [(cur.lastrowid, *match_row(m)) for m in r.matches],
                 )
 

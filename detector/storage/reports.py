@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 _MATCH = (
     "m.catalog_id, m.catalog_path, coalesce(m.owner, catalog.owner), m.hamming, m.cosine, m.score,"
-    " m.verdict, m.transform, m.inliers, m.query_region, m.catalog_region"
+    " m.verdict, m.transform, m.inliers, m.query_region, m.catalog_region, m.agreement,"
+    " m.query_coverage, m.catalog_coverage, m.disagreement"
 )
 
 

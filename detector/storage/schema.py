@@ -166,6 +166,18 @@ def _migrate_7(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN written INTEGER NOT NULL DEFAULT 0")
 
 
+def _migrate_8(db: sqlite_utils.Database) -> None:
+    # Stage 3's dense comparison of each pair: how much of the aligned overlap agrees, how much
+    # of each image the overlap covers, and where the two disagree (polygons as JSON).
+    for sql in (
+        "ALTER TABLE matches ADD COLUMN agreement REAL",
+        "ALTER TABLE matches ADD COLUMN query_coverage REAL",
+        "ALTER TABLE matches ADD COLUMN catalog_coverage REAL",
+        "ALTER TABLE matches ADD COLUMN disagreement TEXT",
+    ):
+        db.execute(sql)
+
+
 # Migration N upgrades a database at schema version N-1 to version N. Append, never edit.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
@@ -175,6 +187,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_5,
     _migrate_6,
     _migrate_7,
+    _migrate_8,
 )
 # Every table the migrations make: a database at the current version that lacks one is damaged.
 TABLES = frozenset(

@@ -55,6 +55,23 @@ def parse_region(text: str | None) -> Region | None:
         return None
 
 
+def parse_regions(text: str | None) -> tuple[Region, ...]:
+    """Several polygons stored as JSON ``[[[x, y], ...], ...]``; none for none or bad text."""
+    if not text:
+        return ()
+    try:
+        return tuple(tuple((float(x), float(y)) for x, y in polygon) for polygon in json.loads(text))
+    except (ValueError, TypeError):
+        return ()
+
+
+def regions_json(regions: tuple[Region, ...]) -> str | None:
+    """Several polygons as compact JSON text, or None for none."""
+    if not regions:
+        return None
+    return json.dumps([[list(p) for p in r] for r in regions], separators=(",", ":"))
+
+
 def region_json(region: Region | None) -> str | None:
     """A polygon as compact JSON text for the database."""
     return None if region is None else json.dumps([list(p) for p in region], separators=(",", ":"))

@@ -89,6 +89,9 @@ class Evaluation:
     cnn_share_distractors: float
     seconds: float
     families: tuple[FamilyFigures, ...]
+    copy_precision: float | None = None  # of the pairs given the default 'copy' verdict
+    copy_recall: float = 0.0  # copies whose true catalog image got the 'copy' verdict
+    flagged_distractors: float = 0.0  # distractors with some copy or near-duplicate verdict
 
 
 # --- metrics over predictions ------------------------------------------------------------
@@ -218,31 +221,38 @@ def evaluate(
     figures = []
     pairs: dict[str, list[tuple[float, bool]]] = {}
     for m in modes:
-        fig, pairs[m] = _measure(m, query_set.queries, results[m], seconds[m])
+        fig, pairs[m] = measure(m, query_set.queries, results[m], seconds[m])
         figures.append(fig)
     return figures, pairs
 
 
-def _measure(
+def measure(
     mode: str, queries: Sequence[EvalQuery], results: Sequence[ScanResult], seconds: float
 ) -> tuple[Evaluation, list[tuple[float, bool]]]:
+    """The figures of one mode's results for the queries (in the same order), and every
+    prediction as (score, correct)."""
     preds: list[tuple[float, bool]] = []
     hit_score: list[float] = []  # per copy: the score of its true match, -1 if never reported
     found: list[bool] = []  # per copy: its true catalog image reached stage 2
     copy_family: list[str] = []
     cnn_copies = cnn_others = copies = others = errors = 0
+    verdict_copy = verdict_copy_right = copies_called = flagged_others = 0
     for q, r in zip(queries, results, strict=True):
         if r.status != "ok":
             errors += 1
             continue
+        verdict_copy += sum(m.verdict == "copy" for m in r.matches)
+        verdict_copy_right += sum(m.verdict == "copy" and m.catalog_id == q.catalog_id for m in r.matches)
         if q.catalog_id is None:
             others += 1
             cnn_others += r.embedded
+            flagged_others += r.flagged
         else:
             copies += 1
             cnn_copies += r.embedded
             copy_family.append(q.family)
             true = [m.score for m in r.matches if m.catalog_id == q.catalog_id]
+            copies_called += any(m.verdict == "copy" and m.catalog_id == q.catalog_id for m in r.matches)
             hit_score.append(true[0] if true else -1.0)
             found.append(bool(true))
         preds.extend((m.score, m.catalog_id == q.catalog_id) for m in r.matches)
@@ -281,6 +291,9 @@ def _measure(
             cnn_share_distractors=cnn_others / others if others else 0.0,
             seconds=seconds,
             families=tuple(families),
+            copy_precision=verdict_copy_right / verdict_copy if verdict_copy else None,
+            copy_recall=copies_called / copies if copies else 0.0,
+            flagged_distractors=flagged_others / others if others else 0.0,
         ),
         preds,
     )
