@@ -40,6 +40,7 @@ class _Writer:
         self.fmt = fmt
         self.out = out
         self.owned = owned  # closed with the writer
+        self.run_id: int | None = None  # the run's id, for CSV rows
         self.report = report
         self.csv = csv.writer(out) if fmt == "csv" else None
         if self.csv is not None:
@@ -49,7 +50,7 @@ class _Writer:
         if self.fmt == "jsonl":
             self.out.write(self.report.json_text(self.report.scan_record(result)) + "\n")
         elif self.csv is not None:
-            self.csv.writerows(self.report.csv_rows(result))
+            self.csv.writerows(self.report.csv_rows(result, self.run_id))
         else:
             self.out.write("\n".join(self.report.table_lines(result)) + "\n")
         self.out.flush()
@@ -194,8 +195,6 @@ def scan(
             raise click.UsageError(f"--resume goes on with the run's own paths and options: drop {dropped}")
     if engine == "local" and (workers is not None or ray_address):
         raise click.UsageError("--workers and --ray-address go with --engine ray")
-    if engine == "local" and any(p.lower().endswith(".parquet") for p in paths):
-        raise click.UsageError("Parquet shards are read by --engine ray")
     started = time.perf_counter()
     counts: Counter[str] = Counter()
     with errors_to_click(), app.open_store() as store:
@@ -320,7 +319,7 @@ class _Outputs:
             self.files.append(_Writer("jsonl", _open_output(jsonl), owned=True))
         parquet = options.get("parquet_out")
         if parquet:
-            from detector.distributed import ParquetResults
+            from detector.outputs.parquet import ParquetResults
 
             try:
                 self.files.append(ParquetResults(parquet))
@@ -328,6 +327,8 @@ class _Outputs:
                 raise click.ClickException(f"cannot write {parquet}: {e.strerror or e}") from e
 
     def open(self, run: Any) -> None:
+        for w in (self.stdout, *self.files):
+            w.run_id = run.id
         if run.resumed:
             for result in run.recorded() if self.files else ():
                 for w in self.files:

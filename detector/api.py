@@ -108,7 +108,8 @@ class Catalog:
         min_score: float | None = None,
         rescan: bool = False,
     ) -> Iterator[ScanResult]:
-        """Scan files, folders and list files as a recorded run: one result per image, in
+        """Scan files, folders, list files, webdataset and Parquet shards and CSV or JSON Lines
+        manifests (see :mod:`detector.intake.sources`) as a recorded run: one result per image, in
         order, each batch stored as it completes. The run ends 'finished' when the iteration
         does, 'interrupted' when the caller stops early (:meth:`resume` goes on with it)."""
         request = ScanRequest(

@@ -4,7 +4,12 @@ the report that prints it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from detector.intake.inputs import Input
 
 Point = tuple[float, float]  # (x, y) as fractions of the image's width and height, 0..1
 Region = tuple[Point, ...]  # a polygon of such points (stage 3's matched region)
@@ -28,7 +33,7 @@ class Match:
     overlap's share of each image (None where stage 3 found no map), and ``disagreement``
     outlines where the query differs from the catalog image."""
 
-    catalog_id: int
+    catalog_id: int | None  # None: a recorded match whose catalog image was removed since
     catalog_path: str
     owner: str | None
     hamming: int
@@ -48,7 +53,9 @@ class Match:
 @dataclass(frozen=True)
 class ScanResult:
     """The outcome for one query image: ``status`` is 'ok' or 'error'; matches best first.
-    Codes are unsigned 64-bit ints (None for an error)."""
+    Codes are unsigned 64-bit ints (None for an error). ``source``: the input it was read
+    from, where that is more than a plain file (a shard member, a manifest record) or came
+    with metadata (:attr:`meta`); ``scanned_at``: when a run recorded it (UTC, ISO 8601)."""
 
     query: str
     status: str
@@ -60,6 +67,14 @@ class ScanResult:
     candidates: int = 0
     embedded: bool = False  # the CNN ran on this query
     reused_from: int | None = None  # the stored item whose results these repeat (not rescanned)
+    source: Input | None = None
+    scanned_at: str | None = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the crawl recorded with this image (``url``, ``page_url``, ...): empty when
+        nothing."""
+        return json.loads(self.source.meta) if self.source is not None and self.source.meta else {}
 
     @property
     def flagged(self) -> bool:

@@ -30,8 +30,9 @@ from typing import Any
 
 from detector.config import FAST, MODES, effective_settings
 from detector.errors import NotFound, SettingError, StoreError
+from detector.intake.inputs import Input
 from detector.intake.prepare import Prepared
-from detector.intake.sources import check_roots, expand_sources
+from detector.intake.sources import check_roots, expand_inputs
 from detector.intake.workers import prepared_batches
 from detector.records import RunInfo, ScanResult
 from detector.scan.scanner import Scanner
@@ -153,7 +154,7 @@ class ScanRun:
         try:
             killed = store.history.mark_killed()
             scanner, notes = _scanner(store, request, models, base)
-            files = _inputs(request.paths, engine)
+            files = _inputs(request.paths)
             run_id = store.history.start(
                 SCAN, request.args(len(files)), mode=request.mode, state=scanner.state
             )
@@ -194,7 +195,7 @@ class ScanRun:
                 )
             check_roots(request.paths)
             done = frozenset(store.history.scanned_paths(run.id))
-            files = _inputs(request.paths, engine, done)
+            files = _inputs(request.paths, done)
             store.history.reopen(run.id)
         except BaseException:
             lock.__exit__(None, None, None)
@@ -207,7 +208,7 @@ class ScanRun:
         self._mark_written(len(self.backlog()))  # the caller has been handed the backlog
         batches = self._local_batches() if self.engine is None else self._ray_batches()
         for batch in batches:
-            self.store.history.record(self.id, batch)
+            batch = self.store.history.record(self.id, batch)
             yield from batch
             self._mark_written(len(batch))
 
@@ -260,7 +261,9 @@ class ScanRun:
         for prepared in prepared_batches(self.files, self.settings, known=known if reuse else None):
             fresh = iter(self.scanner.scan_prepared([p for p in prepared if not p.skipped]))
             yield [
-                self._repeat(p.path, p.sha256, reusable[p.sha256]) if p.skipped and p.sha256 else next(fresh)
+                self._repeat(p.path, p.sha256, reusable[p.sha256], p.source)
+                if p.skipped and p.sha256
+                else next(fresh)
                 for p in prepared
             ]
 
@@ -284,17 +287,18 @@ class ScanRun:
         for r in out:
             path = r.path if isinstance(r, Prepared) else r.query
             if r.sha256 and r.sha256 in reusable:
-                results.append(self._repeat(path, r.sha256, reusable[r.sha256]))
+                results.append(self._repeat(path, r.sha256, reusable[r.sha256], r.source))
             elif isinstance(r, Prepared):
                 raise StoreError(f"the stored result for {path} is gone")
             else:
                 results.append(r)
         return results
 
-    def _repeat(self, path: str, sha256: str, item_id: int) -> ScanResult:
-        """The stored result of an earlier scan of the same content, under this path."""
+    def _repeat(self, path: str, sha256: str, item_id: int, source: Input | None) -> ScanResult:
+        """The stored result of an earlier scan of the same content, under this input's name
+        and with its source (the same picture found at another URL is another finding)."""
         item = self.store.history.item(item_id)
-        return dataclasses.replace(item, query=path, sha256=sha256, status="ok", error=None)
+        return dataclasses.replace(item, query=path, sha256=sha256, status="ok", error=None, source=source)
 
 
 def _lock(store: Store, wait: float) -> DatabaseLock:
@@ -313,13 +317,10 @@ def _scanner(
     return Scanner(store, models or Models(settings), settings, mode=request.mode), found.ignored
 
 
-def _inputs(paths: Sequence[str], engine: Any, done: frozenset[str] = frozenset()) -> list[Any]:
-    """What a run scans: the files the paths name (and, on Ray, Parquet rows), less ``done``."""
-    if engine is not None:
-        from detector.distributed import crawl_items
-
-        return crawl_items(paths, skip=done)
-    return [f for f in expand_sources(paths) if f not in done]
+def _inputs(paths: Sequence[str], done: frozenset[str] = frozenset()) -> list[Input]:
+    """What a run scans: the inputs the paths name (files, shards, manifest records), less
+    those named in ``done``."""
+    return expand_inputs(paths, skip=done)
 
 
 def _resumable(store: Store, run_id: int | None) -> RunInfo:

@@ -66,7 +66,7 @@ def test_scan_jsonl_finds_every_attacked_copy_and_nothing_else(demo_db, crawl_di
     assert set(records) == set(crawl_truth)
     for name, truth in crawl_truth.items():
         r = records[name]
-        assert set(r) == {"query", "status", "error", "matches"}
+        assert set(r) == {"query", "sha256", "status", "error", "meta", "matches"}
         if truth == "error":
             assert r["status"] == "error" and r["error"] and r["matches"] == []
         elif truth is None:

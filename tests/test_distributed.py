@@ -150,8 +150,32 @@ def test_ray_options_need_the_ray_engine(indexed, crawl_dir, tmp_path):
     db = _copy(indexed, tmp_path)
     result = CliRunner().invoke(cli, ["--db", str(db), "scan", str(crawl_dir), "--workers", "2"])
     assert result.exit_code == 2 and "--engine ray" in result.output
-    result = CliRunner().invoke(cli, ["--db", str(db), "scan", str(tmp_path / "shard.parquet")])
-    assert result.exit_code == 2 and "--engine ray" in result.output
+
+
+def test_a_ray_scan_of_img2dataset_shards_gives_the_local_records_with_their_urls(
+    local_ray, indexed, tmp_path
+):
+    """webdataset tar and Parquet shards as img2dataset writes them: the workers read each
+    image at its place in the shard; every record carries its URL, as the local scan's."""
+    from tests.test_crawl_inputs import CRAWL, parquet_shard, url, webdataset_shard
+
+    tar = webdataset_shard(tmp_path / "00000.tar", CRAWL[:5])
+    shard = parquet_shard(tmp_path / "00001.parquet", CRAWL[5:], row_group_size=2)
+    scan = ("scan", str(tar), str(shard), "--format", "jsonl")
+    local_db, ray_db = _copy(indexed, tmp_path), tmp_path / "r.db"
+    shutil.copy(indexed, ray_db)
+    local = run("--db", str(local_db), *scan)
+    out = tmp_path / "out.parquet"
+    distributed = run(
+        "--db", str(ray_db), *scan, "--engine", "ray", "--workers", "2", "--parquet-out", str(out)
+    )
+    records = [json.loads(line) for line in distributed.stdout.splitlines()]
+    assert records == [json.loads(line) for line in local.stdout.splitlines()]
+    assert [r["meta"]["url"] for r in records] == [url(p) for p in CRAWL]
+    assert [r["url"] for r in pytest.importorskip("pyarrow.parquet").read_table(out).to_pylist()] == [
+        url(p) for p in CRAWL
+    ]
+    assert _history(ray_db) == _history(local_db)
 
 
 def test_a_thorough_ray_scan_gives_the_local_scans_records(local_ray, indexed, crawl_dir, tmp_path):

@@ -78,7 +78,7 @@ def test_html_report_in_a_browser_shows_every_copy_and_nothing_else(tmp_path, ca
     assert png.stat().st_size > 20_000
 
     rows = list(csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8")))
-    assert {Path(r["query_path"]).name for r in rows} == {q for q, c in truth.items() if c}
+    assert {Path(r["query"]).name for r in rows} == {q for q, c in truth.items() if c}
 
     run("--db", db, "scan", str(crawl), "--mode", "thorough", code=4)  # nothing changed since
     again = tmp_path / "again"

@@ -24,9 +24,11 @@ from PIL import Image
 
 from detector.config import Settings
 from detector.errors import ReportError
+from detector.intake.inputs import Input, meta_text
 from detector.outputs import html as report_html
 from detector.outputs.html import THUMB_SIDE, write_html
-from detector.outputs.report import REPORT_CSV_COLUMNS, Report, ReportRow, report_csv, report_json
+from detector.outputs.records import CSV_COLUMNS
+from detector.outputs.report import Report, ReportRow, report_csv, report_json
 from detector.records import Match, RunInfo
 from tests.browser import dump_dom, needs_chromium, run_page, screenshot
 
@@ -79,9 +81,11 @@ def pair(
         "new": True,
     }
     fields.update(kw)
-    keys = ("run_id", "item_id", "query_path", "query_sha256", "scanned_at", "new")
-    outer = {k: fields.pop(k) for k in keys}
-    return ReportRow(**outer, match=Match(**fields))  # type: ignore[arg-type]
+    keys = ("run_id", "item_id", "query_path", "query_sha256", "scanned_at", "new", "rank")
+    outer = {k: fields.pop(k) for k in keys if k in fields}
+    meta = fields.pop("meta", None)
+    source = Input(str(outer["query_path"]), meta=meta_text(meta)) if meta else None  # type: ignore[arg-type]
+    return ReportRow(**outer, match=Match(**fields), source=source)  # type: ignore[arg-type]
 
 
 def hostile_rows(tmp: Path) -> tuple[ReportRow, ...]:
@@ -424,13 +428,13 @@ def test_thousand_rows_decode_each_image_once(
         pair(i, crawl[i % len(crawl)], catalog[i % 3], 1 + i % 3, 0.4 + (i % 500) / 1000) for i in range(1000)
     )
     loads: list[str] = []
-    real_load = report_html.load_image
+    real_read = report_html.read_input
 
-    def counting_load(path: str, s: Settings) -> object:
-        loads.append(str(path))
-        return real_load(path, s)
+    def counting_read(image: str | Input, s: Settings) -> bytes:
+        loads.append(image if isinstance(image, str) else image.name)
+        return real_read(image, s)
 
-    monkeypatch.setattr(report_html, "load_image", counting_load)
+    monkeypatch.setattr(report_html, "read_input", counting_read)
     start = time.perf_counter()
     index = write_html(make_report(rows), tmp_path / "out", settings)
     elapsed = time.perf_counter() - start
@@ -452,13 +456,13 @@ def test_report_csv_neutralises_formulas(tmp_path: Path) -> None:
     out = io.StringIO()
     report_csv(make_report(rows), out)
     read = list(csv.reader(io.StringIO(out.getvalue())))
-    assert tuple(read[0]) == REPORT_CSV_COLUMNS
-    records = [dict(zip(REPORT_CSV_COLUMNS, r, strict=True)) for r in read[1:]]
+    assert tuple(read[0]) == CSV_COLUMNS
+    records = [dict(zip(CSV_COLUMNS, r, strict=True)) for r in read[1:]]
     assert len(records) == len(rows)
     evil, plus = records[-2], records[-1]
-    assert evil["query_path"] == "'" + rows[-2].query_path
+    assert evil["query"] == "'" + rows[-2].query_path
     assert evil["owner"] == "'@cmd"
-    assert plus["query_path"] == "'+1-1" and plus["owner"] == "'-2" and plus["transform"] == "'\tx"
+    assert plus["query"] == "'+1-1" and plus["owner"] == "'-2" and plus["transform"] == "'\tx"
     assert plus["query_region"] == ""
     assert all(not c.startswith(("=", "+", "-", "@", "\t", "\r")) for r in read for c in r)
     first = records[0]

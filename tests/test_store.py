@@ -269,7 +269,7 @@ def test_version_1_database_upgrades_in_place_and_keeps_its_catalog(tmp_path):
     )
     conn.close()
     with _open(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         ids, phash, _ = store.catalog.codes()
         plan = store.conn.execute("EXPLAIN QUERY PLAN SELECT id, phash, dhash FROM catalog").fetchall()
         assert "COVERING INDEX catalog_codes" in plan[0][-1]  # the descriptors are not read

@@ -5,7 +5,7 @@ from one decode."""
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
@@ -14,7 +14,8 @@ from PIL import Image
 from detector.config import Settings
 from detector.errors import ImageError
 from detector.intake.framing import content_box
-from detector.intake.loader import content_hash, decode, read_bytes
+from detector.intake.inputs import FILE, Input, InputReader, as_input
+from detector.intake.loader import content_hash, decode
 from detector.stage1.hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
 from detector.stage2.embedding import resize_for_cnn
 from detector.stage3.keypoints import verify_grey
@@ -28,7 +29,9 @@ class Prepared:
     ``error`` is set (unusable input), ``skipped`` is True (content already known), or
     ``codes`` and ``small`` are set. ``codes`` are the whole image's; ``probes`` every code
     the image is searched with; ``box_codes`` the codes of its content box (None when
-    nothing was cut); ``small``: (s, s, 3) uint8, the CNN's input (of the box)."""
+    nothing was cut); ``small``: (s, s, 3) uint8, the CNN's input (of the box). ``source``:
+    the input it was read from, where that is more than a plain file (a shard member, a
+    manifest record, metadata)."""
 
     path: str
     sha256: str | None = None
@@ -42,6 +45,7 @@ class Prepared:
     grey: np.ndarray | None = None  # (h, w) uint8 for stage 3, longer side <= settings.verify_side
     width: int = 0
     height: int = 0
+    source: Input | None = None
 
     @property
     def ok(self) -> bool:
@@ -57,49 +61,73 @@ class Prepared:
 
 @dataclass(frozen=True)
 class RawInput:
-    """One path as read: its bytes and their sha256, or the error reading it gave."""
+    """One input as read: its bytes and their sha256, or the error reading it gave.
+    ``source``: as :attr:`Prepared.source`."""
 
     path: str
     data: bytes | None = None
     sha256: str | None = None
     error: str | None = None
+    source: Input | None = None
+
+    def unread(self) -> Prepared:
+        """The input as prepared when it could not be read."""
+        return Prepared(path=self.path, error=self.error, source=self.source)
+
+    def known(self) -> Prepared:
+        """The input as prepared when its content is known already (nothing decoded)."""
+        return Prepared(path=self.path, sha256=self.sha256, skipped=True, source=self.source)
+
+    def traced(self, prepared: Prepared) -> Prepared:
+        """``prepared`` (decoded from this input's bytes elsewhere) with this input's source."""
+        return prepared if self.source is None else replace(prepared, source=self.source)
 
 
-def read_inputs(paths: Sequence[str], settings: Settings) -> list[RawInput]:
-    """Read every path and hash its content; an unreadable path gives its error."""
+def read_inputs(
+    items: Sequence[str | Input], settings: Settings, reader: InputReader | None = None
+) -> list[RawInput]:
+    """Read every input (a path, or an :class:`Input` of any kind) and hash its content; an
+    unreadable one gives its error. ``reader``: one to share between batches (the shard it
+    holds open)."""
+    if reader is None:
+        with InputReader(settings) as own:
+            return read_inputs(items, settings, own)
     raw = []
-    for path in paths:
+    for item in items:
+        given = as_input(item)
+        source = None if given.kind == FILE and given.meta is None else given
         try:
-            content = read_bytes(path, settings)
-            raw.append(RawInput(path, content, content_hash(content)))
+            content = reader.read(given)
+            raw.append(RawInput(given.name, content, content_hash(content), source=source))
         except ImageError as e:
-            raw.append(RawInput(path, error=_describe(e)))
+            raw.append(RawInput(given.name, error=_describe(e), source=source))
     return raw
 
 
 def prepare_batch(
-    paths: Sequence[str],
+    items: Sequence[str | Input],
     settings: Settings,
     known: Callable[[Sequence[str]], Container[str]] | None = None,
     catalog: bool = False,
     *,
     prepare: Callable[[str, bytes, str, Settings, bool], Prepared] | None = None,
+    reader: InputReader | None = None,
 ) -> list[Prepared]:
-    """Read every path, hash its content, then decode and compute codes for each one whose
+    """Read every input, hash its content, then decode and compute codes for each one whose
     sha256 is not reported by ``known`` (content already stored is not decoded at all).
     Bad input gives a Prepared with ``error``, never an exception. ``prepare``: what each
     image is decoded with (default :func:`prepare_bytes`)."""
-    raw = read_inputs(paths, settings)
+    raw = read_inputs(items, settings, reader)
     seen: Container[str] = known([r.sha256 for r in raw if r.sha256 is not None]) if known else ()
     decode_one = prepare or prepare_bytes
     out = []
     for r in raw:
         if r.data is None or r.sha256 is None:
-            out.append(Prepared(path=r.path, error=r.error))
+            out.append(r.unread())
         elif r.sha256 in seen:
-            out.append(Prepared(path=r.path, sha256=r.sha256, skipped=True))
+            out.append(r.known())
         else:
-            out.append(decode_one(r.path, r.data, r.sha256, settings, catalog))
+            out.append(r.traced(decode_one(r.path, r.data, r.sha256, settings, catalog)))
     return out
 
 

@@ -31,6 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from detector.config import Settings
+from detector.intake.inputs import Input, InputReader
 from detector.intake.prepare import Prepared, RawInput, batched, prepare_batch, prepare_bytes, read_inputs
 
 Prepare = Callable[[str, bytes, str, Settings, bool], Prepared]
@@ -61,29 +62,32 @@ def usable_cpus() -> int:
 
 
 def prepared_batches(
-    paths: Sequence[str],
+    paths: Sequence[str | Input],
     settings: Settings,
     known: Callable[[Sequence[str]], Container[str]] | None = None,
     catalog: bool = False,
     *,
     prepare: Prepare = prepare_bytes,
 ) -> Iterator[list[Prepared]]:
-    """:func:`detector.intake.prepare.prepare_batch` over ``paths`` in batches of
+    """:func:`detector.intake.prepare.prepare_batch` over ``paths`` (paths or
+    :class:`~detector.intake.inputs.Input`) in batches of
     ``settings.batch_size``, in order, decoded in :func:`worker_count` processes.
     ``known`` is asked about each batch's content when the batch is read, which may be
     before the caller has finished with the batches before it. ``prepare``: the function a
     worker runs on each image (a module-level function, so workers can import it)."""
     jobs = worker_count(settings, len(paths))
+    reader = InputReader(settings)
     if jobs <= 1:
-        for batch in batched(paths, settings.batch_size):
-            yield prepare_batch(batch, settings, known, catalog, prepare=prepare)
+        with reader:
+            for batch in batched(paths, settings.batch_size):
+                yield prepare_batch(batch, settings, known, catalog, prepare=prepare, reader=reader)
         return
     pool = _Pool(jobs, prepare, settings, catalog)
     try:
         ahead: deque[list[Prepared | _Pending]] = deque()
         sizes: deque[int] = deque()
         for batch in batched(paths, settings.batch_size):
-            raw = read_inputs(batch, settings)
+            raw = read_inputs(batch, settings, reader)
             seen: Container[str] = known([r.sha256 for r in raw if r.sha256 is not None]) if known else ()
             ahead.append(pool.submit_batch(raw, seen))
             sizes.append(sum(len(r.data or b"") for r in raw))
@@ -93,6 +97,7 @@ def prepared_batches(
         while ahead:
             yield pool.collect(ahead.popleft())
     finally:
+        reader.close()
         pool.close()
 
 
@@ -133,11 +138,11 @@ class _Pool:
         fresh: list[tuple[int, RawInput]] = []
         for r in raw:
             if r.data is None or r.sha256 is None:
-                slots.append(Prepared(path=r.path, error=r.error))
+                slots.append(r.unread())
             elif r.sha256 in seen:
-                slots.append(Prepared(path=r.path, sha256=r.sha256, skipped=True))
+                slots.append(r.known())
             elif self._local:
-                slots.append(self._here(r))
+                slots.append(r.traced(self._here(r)))
             else:
                 fresh.append((len(slots), r))
                 slots.append(Prepared(path=r.path))  # replaced below
@@ -164,10 +169,10 @@ class _Pool:
                 out.append(slot)
                 continue
             try:
-                out.append(slot.future.result()[slot.at])
+                out.append(slot.raw.traced(slot.future.result()[slot.at]))
                 self._crashes = 0
             except BrokenProcessPool:
-                out.append(self._alone(slot.raw))
+                out.append(slot.raw.traced(self._alone(slot.raw)))
         return out
 
     def _alone(self, r: RawInput) -> Prepared:

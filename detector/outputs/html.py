@@ -29,7 +29,9 @@ from PIL import Image
 
 from detector.config import Settings
 from detector.errors import ImageError, ReportError
-from detector.intake.loader import load_image
+from detector.intake.inputs import Input, read_input
+from detector.intake.loader import decode
+from detector.outputs.links import web_link
 from detector.outputs.records import display
 from detector.outputs.report import Report, ReportRow
 from detector.records import Match, Region
@@ -39,7 +41,7 @@ THUMB_SIDE = 240  # longer side of a thumbnail, pixels
 THUMB_QUALITY = 82  # JPEG quality of thumbnails
 SORT_KEYS: tuple[str, ...] = ("score", "date", "owner", "catalog")  # the script's orders, default first
 VERDICTS: tuple[str, ...] = ("copy", "near-duplicate")
-_THUMB_NAME = re.compile(r"[cq]-[0-9]+\.jpg")  # the only names written under thumbs/
+_THUMB_NAME = re.compile(r"[cq]-r?[0-9]+\.jpg")  # the only names written under thumbs/
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,19 @@ class Thumb:
 
 @dataclass(frozen=True)
 class CatalogGroup:
-    """A catalog image and the report rows that copy it, best score first."""
+    """A catalog image and the report rows that copy it, best score first; ``catalog_id`` is
+    None for an image removed from the catalog since the scan, then ``number`` tells the
+    groups of such images apart."""
 
-    catalog_id: int
+    catalog_id: int | None
     catalog_path: str
     owner: str | None
     rows: tuple[ReportRow, ...]
+    number: int = 0
+
+    @property
+    def thumb_name(self) -> str:
+        return f"c-{int(self.catalog_id)}.jpg" if self.catalog_id is not None else f"c-r{self.number}.jpg"
 
 
 class ThumbWriter:
@@ -74,15 +83,17 @@ class ThumbWriter:
         self.by_path: dict[str, Thumb] = {}
         self.written: set[str] = set()
 
-    def thumb(self, path: str, name: str) -> Thumb:
-        """The thumbnail of the image at ``path``, written as ``thumbs/<name>`` on first use."""
-        if path not in self.by_path:
-            self.by_path[path] = self._make(path, name)
-        return self.by_path[path]
+    def thumb(self, image: str | Input, name: str) -> Thumb:
+        """The thumbnail of ``image`` (a path, or an input read from a shard or a manifest),
+        written as ``thumbs/<name>`` on first use."""
+        key = image if isinstance(image, str) else image.name
+        if key not in self.by_path:
+            self.by_path[key] = self._make(image, name)
+        return self.by_path[key]
 
-    def _make(self, path: str, name: str) -> Thumb:
+    def _make(self, image: str | Input, name: str) -> Thumb:
         try:
-            rgb = load_image(path, self.settings).rgb
+            rgb = decode(read_input(image, self.settings), self.settings).rgb
         except ImageError as e:
             return Thumb(None, error=str(e) or type(e).__name__)
         im = Image.fromarray(rgb, "RGB")
@@ -160,15 +171,14 @@ def _write_text(path: Path, text: str) -> None:
 def group_rows(rows: Iterable[ReportRow]) -> list[CatalogGroup]:
     """Rows grouped by catalog image: groups by their best score, then catalog path;
     rows in a group by score, then query path (both best first)."""
-    by_catalog: dict[int, list[ReportRow]] = {}
+    by_catalog: dict[tuple[int | None, str], list[ReportRow]] = {}
     for row in rows:
-        by_catalog.setdefault(row.match.catalog_id, []).append(row)
+        by_catalog.setdefault((row.match.catalog_id, row.match.catalog_path), []).append(row)
     groups = []
-    for catalog_id, members in by_catalog.items():
+    for number, ((catalog_id, path), members) in enumerate(by_catalog.items(), 1):
         members.sort(key=lambda r: (-r.match.score, r.query_path, r.item_id))
-        first = members[0]
-        groups.append(CatalogGroup(catalog_id, first.match.catalog_path, first.match.owner, tuple(members)))
-    groups.sort(key=lambda g: (-g.rows[0].match.score, g.catalog_path, g.catalog_id))
+        groups.append(CatalogGroup(catalog_id, path, members[0].match.owner, tuple(members), number))
+    groups.sort(key=lambda g: (-g.rows[0].match.score, g.catalog_path, g.catalog_id or 0))
     return groups
 
 
@@ -310,14 +320,14 @@ def _controls(rows: tuple[ReportRow, ...]) -> str:
 
 
 def _group(group: CatalogGroup, writer: ThumbWriter) -> str:
-    catalog = writer.thumb(group.catalog_path, f"c-{int(group.catalog_id)}.jpg")
+    catalog = writer.thumb(group.catalog_path, group.thumb_name)
     verdicts = [r.match.verdict for r in group.rows]
     n_copy = verdicts.count("copy")
     summary = f"{len(verdicts)} flagged: {n_copy} copy, {len(verdicts) - n_copy} near-duplicate"
     attrs = _attrs(
         {
             "class": "catalog-group",
-            "data-catalog-id": group.catalog_id,
+            "data-catalog-id": "" if group.catalog_id is None else group.catalog_id,
             "data-catalog": group.catalog_path,
             "data-owner": group.owner or "",
         }
@@ -328,21 +338,24 @@ def _group(group: CatalogGroup, writer: ThumbWriter) -> str:
         '<div class="group-head">\n'
         f"<figure>{_thumb(catalog, None, 'catalog image')}<figcaption>catalog</figcaption></figure>\n"
         f'<div><h2 class="path">{_e(group.catalog_path)}</h2>\n'
-        f"<p>owner: {_owner(group.owner)} · catalog #{_e(group.catalog_id)} · {_e(summary)}</p></div>\n"
+        f"<p>owner: {_owner(group.owner)} · {_catalog_number(group.catalog_id)} · {_e(summary)}</p></div>\n"
         "</div>\n"
         f'<ul class="matches">\n{matches}\n</ul>\n</section>'
     )
 
 
 def _match(row: ReportRow, catalog: Thumb, writer: ThumbWriter) -> str:
-    query = writer.thumb(row.query_path, f"q-{int(row.item_id)}.jpg")
+    query = writer.thumb(row.source or row.query_path, f"q-{int(row.item_id)}.jpg")
+    meta = row.meta
     attrs = _attrs(
         {
             "class": "match",
-            "data-catalog-id": row.match.catalog_id,
+            "data-catalog-id": "" if row.match.catalog_id is None else row.match.catalog_id,
             "data-catalog": row.match.catalog_path,
             "data-item-id": row.item_id,
-            "data-query": row.query_path,
+            "data-query": " ".join(
+                [row.query_path, *(str(meta[k]) for k in ("url", "page_url") if isinstance(meta.get(k), str))]
+            ),
             "data-score": repr(float(row.match.score)),
             "data-verdict": row.match.verdict,
             "data-owner": row.match.owner or "",
@@ -363,7 +376,7 @@ def _match(row: ReportRow, catalog: Thumb, writer: ThumbWriter) -> str:
             f'<span class="score">{row.match.score:.3f}</span> '
             f'<span class="verdict {verdict_class}">{_e(row.match.verdict)}</span>{badge}',
         ),
-        ("found at", f'<span class="path query-path">{_e(row.query_path)}</span>'),
+        *_found_at(row),
         ("scanned", f"<time>{_e(row.scanned_at)}</time>"),
         ("owner", _owner(row.match.owner)),
         ("transform", _e(row.match.transform or "—")),
@@ -382,6 +395,27 @@ def _match(row: ReportRow, catalog: Thumb, writer: ThumbWriter) -> str:
         "</div>\n"
         f'<dl class="facts">{dl}</dl>\n</li>'
     )
+
+
+def _found_at(row: ReportRow) -> list[tuple[str, str]]:
+    """Where the copy was found: the page that shows it and the image's URL (linked when they
+    are web addresses), then the file or shard member it was read from."""
+    meta = row.meta
+    facts = []
+    for label, key in (("page", "page_url"), ("image URL", "url")):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            facts.append((label, web_link(value, "path")))
+    facts.append(("found at", f'<span class="path query-path">{_e(row.query_path)}</span>'))
+    for label, key in (("source", "source"), ("seen", "seen_at")):
+        value = meta.get(key)
+        if value not in (None, ""):
+            facts.append((label, _e(value)))
+    return facts
+
+
+def _catalog_number(catalog_id: int | None) -> str:
+    return f"catalog #{_e(catalog_id)}" if catalog_id is not None else "removed from the catalog since"
 
 
 def _owner(owner: str | None) -> str:

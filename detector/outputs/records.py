@@ -14,23 +14,38 @@ from typing import Any
 
 from detector.records import Match, Region, ScanResult
 
+# One column set for every CSV of flagged or scanned images: ``scan --format csv`` and the
+# report's CSV. A row is one match (or one query without matches, its match cells empty);
+# ``run_id``, ``scanned_at`` and ``new`` are the run's, ``url`` to ``seen_at`` the crawl's
+# metadata of the query and ``meta`` all of it as JSON.
 CSV_COLUMNS = (
+    "run_id",
+    "scanned_at",
     "query",
+    "sha256",
+    "url",
+    "page_url",
+    "source",
+    "seen_at",
     "status",
     "error",
     "rank",
     "catalog_id",
     "catalog_path",
     "owner",
-    "hamming",
-    "cosine",
     "score",
     "verdict",
+    "cosine",
+    "hamming",
     "transform",
     "inliers",
     "agreement",
     "query_coverage",
     "catalog_coverage",
+    "new",
+    "query_region",
+    "catalog_region",
+    "meta",
 )
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -80,11 +95,15 @@ def match_record(m: Match) -> dict[str, Any]:
 
 def scan_record(r: ScanResult) -> dict[str, Any]:
     """One query image as in the JSON Lines contract:
-    ``{"query", "status", "error", "matches": [...]}``, matches best first."""
+    ``{"query", "status", "error", "matches": [...]}``, matches best first, plus its
+    ``sha256`` and ``meta`` (what the crawl recorded with it: ``url``, ``page_url``, ...;
+    empty for a plain file)."""
     return {
         "query": r.query,
         "status": r.status,
         "error": r.error,
+        "sha256": r.sha256,
+        "meta": r.meta,
         "matches": [match_record(m) for m in r.matches],
     }
 
@@ -100,30 +119,66 @@ def safe_cell(value: object) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def csv_rows(r: ScanResult) -> list[list[str]]:
+def csv_rows(r: ScanResult, run_id: int | None = None) -> list[list[str]]:
     """Rows for ``CSV_COLUMNS``: one per match, or one with empty match cells."""
-    head = [safe_cell(r.query), r.status, safe_cell(r.error)]
+    head = query_cells(run_id, r.scanned_at, r.query, r.sha256, r.meta, r.status, r.error)
     if not r.matches:
-        return [head + [""] * (len(CSV_COLUMNS) - len(head))]
+        return [head[:_MATCH_AT] + [""] * (len(CSV_COLUMNS) - _MATCH_AT - 1) + head[_MATCH_AT:]]
     return [
-        [
-            *head,
-            str(rank),
-            str(m.catalog_id),
-            safe_cell(m.catalog_path),
-            safe_cell(m.owner),
-            str(m.hamming),
-            f"{m.cosine:.4f}",
-            f"{m.score:.4f}",
-            m.verdict,
-            safe_cell(m.transform),
-            optional(m.inliers),
-            optional(m.agreement),
-            optional(m.query_coverage),
-            optional(m.catalog_coverage),
-        ]
+        head[:_MATCH_AT] + match_cells(m, rank, None) + head[_MATCH_AT:]
         for rank, m in enumerate(r.matches, 1)
     ]
+
+
+_MATCH_AT = CSV_COLUMNS.index("rank")  # the query's cells come before, its ``meta`` after
+
+
+def query_cells(
+    run_id: int | None,
+    scanned_at: str | None,
+    query: str,
+    sha256: str | None,
+    meta: dict[str, Any],
+    status: str,
+    error: str | None,
+) -> list[str]:
+    """The query's cells of a ``CSV_COLUMNS`` row: those before ``rank``, then ``meta``."""
+    return [
+        optional(run_id),
+        safe_cell(scanned_at),
+        safe_cell(query),
+        safe_cell(sha256),
+        *(safe_cell(_text(meta.get(name))) for name in ("url", "page_url", "source", "seen_at")),
+        status,
+        safe_cell(error),
+        safe_cell(json_text(meta) if meta else None),
+    ]
+
+
+def match_cells(m: Match, rank: int, new: bool | None) -> list[str]:
+    """A match's cells of a ``CSV_COLUMNS`` row, ``rank`` to ``catalog_region``."""
+    return [
+        str(rank),
+        optional(m.catalog_id),
+        safe_cell(m.catalog_path),
+        safe_cell(m.owner),
+        f"{m.score:.4f}",
+        safe_cell(m.verdict),
+        f"{m.cosine:.4f}",
+        str(m.hamming),
+        safe_cell(m.transform),
+        optional(m.inliers),
+        optional(m.agreement),
+        optional(m.query_coverage),
+        optional(m.catalog_coverage),
+        "" if new is None else ("true" if new else "false"),
+        safe_cell(region_text(m.query_region)),
+        safe_cell(region_text(m.catalog_region)),
+    ]
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else value if isinstance(value, str) else json_text(value)
 
 
 def optional(value: float | int | None) -> str:

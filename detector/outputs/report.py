@@ -9,7 +9,8 @@ import csv
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from detector.outputs.records import match_record, optional, region_text, safe_cell
+from detector.intake.inputs import Input
+from detector.outputs.records import CSV_COLUMNS, match_cells, match_record, query_cells
 from detector.records import Match, RunInfo
 
 
@@ -17,7 +18,10 @@ from detector.records import Match, RunInfo
 class ReportRow:
     """One flagged pair: a scanned image (``query_*``, as the run recorded it) and its
     ``match`` with the catalog image it copies. The match's regions are as the query's file
-    is seen after its EXIF orientation. ``new`` says no earlier run flagged the pair."""
+    is seen after its EXIF orientation. ``new`` says no earlier run flagged the pair.
+    ``rank``: the match's place among the query's matches (1: its best); ``source``: where
+    the query was read from and what its crawl said of it (:attr:`meta`), if more than a
+    plain file."""
 
     run_id: int
     item_id: int
@@ -26,6 +30,13 @@ class ReportRow:
     scanned_at: str
     new: bool
     match: Match
+    rank: int = 1
+    source: Input | None = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the crawl recorded with the query (``url``, ``page_url``, ...)."""
+        return self.source.metadata if self.source is not None else {}
 
 
 @dataclass(frozen=True)
@@ -41,62 +52,22 @@ class Report:
     generated_at: str
 
 
-REPORT_CSV_COLUMNS = (
-    "run_id",
-    "scanned_at",
-    "query_path",
-    "query_sha256",
-    "catalog_id",
-    "catalog_path",
-    "owner",
-    "score",
-    "verdict",
-    "cosine",
-    "hamming",
-    "transform",
-    "inliers",
-    "agreement",
-    "query_coverage",
-    "catalog_coverage",
-    "new",
-    "query_region",
-    "catalog_region",
-)
-
-
 def report_csv(report: Report, out: TextIO) -> None:
-    """Write ``report`` to ``out`` as CSV: a header of ``REPORT_CSV_COLUMNS``, then one row
-    per flagged pair. Text cells go through :func:`safe_cell`; ``new`` is ``true``/``false``;
-    regions are compact JSON ``[[x, y], ...]`` (fractions of the image, 4 decimals) or empty."""
+    """Write ``report`` to ``out`` as CSV: a header of
+    :data:`~detector.outputs.records.CSV_COLUMNS` (the columns ``scan --format csv`` writes),
+    then one row per flagged pair. Text cells go through :func:`safe_cell`; ``new`` is
+    ``true``/``false``; regions are compact JSON ``[[x, y], ...]`` (fractions of the image, 4
+    decimals) or empty."""
     writer = csv.writer(out)
-    writer.writerow(REPORT_CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS)
     writer.writerows(report_csv_row(row) for row in report.rows)
 
 
 def report_csv_row(row: ReportRow) -> list[str]:
-    """One pair as cells for ``REPORT_CSV_COLUMNS``."""
-    m = row.match
-    return [
-        str(row.run_id),
-        safe_cell(row.scanned_at),
-        safe_cell(row.query_path),
-        safe_cell(row.query_sha256),
-        str(m.catalog_id),
-        safe_cell(m.catalog_path),
-        safe_cell(m.owner),
-        f"{m.score:.4f}",
-        safe_cell(m.verdict),
-        f"{m.cosine:.4f}",
-        str(m.hamming),
-        safe_cell(m.transform),
-        optional(m.inliers),
-        optional(m.agreement),
-        optional(m.query_coverage),
-        optional(m.catalog_coverage),
-        "true" if row.new else "false",
-        safe_cell(region_text(m.query_region)),
-        safe_cell(region_text(m.catalog_region)),
-    ]
+    """One pair as cells for :data:`~detector.outputs.records.CSV_COLUMNS`."""
+    head = query_cells(row.run_id, row.scanned_at, row.query_path, row.query_sha256, row.meta, "ok", None)
+    at = CSV_COLUMNS.index("rank")
+    return head[:at] + match_cells(row.match, row.rank, row.new) + head[at:]
 
 
 def report_json(report: Report) -> dict[str, Any]:
@@ -132,6 +103,8 @@ def report_row_record(row: ReportRow) -> dict[str, Any]:
         "query_path": row.query_path,
         "query_sha256": row.query_sha256,
         "scanned_at": row.scanned_at,
+        "meta": row.meta,
+        "rank": row.rank,
         **match_record(row.match),
         "new": row.new,
     }

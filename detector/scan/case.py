@@ -39,7 +39,7 @@ class Case:
         """The case as the record every output takes."""
         p = self.query
         if p.codes is None:
-            return ScanResult(query=p.path, status="error", error=p.error, sha256=p.sha256)
+            return ScanResult(query=p.path, status="error", error=p.error, sha256=p.sha256, source=p.source)
         return ScanResult(
             query=p.path,
             status="ok",
@@ -49,4 +49,5 @@ class Case:
             dhash=p.codes.dhash,
             candidates=len(self.candidates),
             embedded=self.embedded,
+            source=p.source,
         )

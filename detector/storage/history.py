@@ -7,11 +7,13 @@ batch it recorded and nothing of the batch it was in."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import NotFound, StoreError
+from detector.intake.inputs import Input
 from detector.records import Match, RunInfo, ScanResult
 from detector.stage1.hashing import from_sqlite, to_sqlite
 from detector.storage.sql import (
@@ -62,7 +64,7 @@ def match_from_row(row: Sequence[Any]) -> Match:
     """A match read back in the order of :data:`MATCH_COLUMNS` (columns an older schema left
     empty read as 0 and 'identity')."""
     return Match(
-        catalog_id=int(row[0]),
+        catalog_id=None if row[0] is None else int(row[0]),
         catalog_path=from_db(row[1]) or "",
         owner=from_db(row[2]),
         hamming=int(row[3] or 0),
@@ -102,15 +104,17 @@ class History:
             raise StoreError("could not record the run")
         return int(cur.lastrowid)
 
-    def record(self, run_id: int, results: Sequence[ScanResult]) -> None:
-        """Store scanned items and their matches in one transaction."""
+    def record(self, run_id: int, results: Sequence[ScanResult]) -> list[ScanResult]:
+        """Store scanned items and their matches in one transaction; returns the results with
+        the time they were recorded (``scanned_at``)."""
         now = utc_now()
         with self.store.write():
             for r in results:
+                source = r.source
+                locator = None if source is None else source.locator()
                 cur = self.conn.execute(
-                    "INSERT INTO items"
-                    " (run_id, path, sha256, status, error, phash, dhash, scanned_at, reused_from)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO items (run_id, path, sha256, status, error, phash, dhash, scanned_at,"
+                    " reused_from, metadata, locator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         to_db(r.query),
@@ -121,12 +125,15 @@ class History:
                         None if r.dhash is None else to_sqlite(r.dhash),
                         now,
                         r.reused_from,
+                        None if source is None else source.meta,
+                        None if locator is None else json.dumps(locator),
                     ),
                 )
                 self.conn.executemany(
                     f"INSERT INTO matches (item_id, {MATCH_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                     [(cur.lastrowid, *match_row(m)) for m in r.matches],
                 )
+        return [dataclasses.replace(r, scanned_at=now) for r in results]
 
     def finish(self, run_id: int, status: str = "finished") -> None:
         """Record the end of a run ('finished', or 'interrupted' when it was stopped) with its
@@ -231,19 +238,22 @@ class History:
     def item(self, item_id: int) -> ScanResult:
         """One stored item with its matches, best first; ``reused_from`` is its own id."""
         row = self.conn.execute(
-            "SELECT path, sha256, status, error, phash, dhash FROM items WHERE id = ?", (item_id,)
+            "SELECT path, sha256, status, error, phash, dhash, metadata, locator, scanned_at"
+            " FROM items WHERE id = ?",
+            (item_id,),
         ).fetchone()
         if row is None:
             raise NotFound(f"no scanned item {item_id}")
         matches = tuple(
             match_from_row(m)
             for m in self.conn.execute(
-                f"SELECT {MATCH_COLUMNS} FROM matches WHERE item_id = ? ORDER BY score DESC, catalog_id",
+                f"SELECT {MATCH_COLUMNS} FROM matches WHERE item_id = ? ORDER BY score DESC, id",
                 (item_id,),
             )
         )
+        name = from_db(row[0]) or ""
         return ScanResult(
-            query=from_db(row[0]) or "",
+            query=name,
             status=row[2],
             error=from_db(row[3]),
             matches=matches,
@@ -251,7 +261,20 @@ class History:
             phash=None if row[4] is None else from_sqlite(row[4]),
             dhash=None if row[5] is None else from_sqlite(row[5]),
             reused_from=item_id,
+            source=item_source(name, row[6], row[7]),
+            scanned_at=row[8],
         )
+
+
+def item_source(name: str, metadata: str | None, locator: str | None) -> Input | None:
+    """The input a stored item was read from (None for a plain file with no metadata)."""
+    if metadata is None and locator is None:
+        return None
+    try:
+        where = json.loads(locator) if locator else None
+    except ValueError:
+        where = None
+    return Input.located(name, where if isinstance(where, dict) else None, metadata)
 
 
 def _run_info(row: Sequence[Any]) -> RunInfo:

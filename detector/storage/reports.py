@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from detector.outputs.report import Report, ReportRow
-from detector.storage.history import match_from_row
+from detector.storage.history import item_source, match_from_row
 from detector.storage.sql import from_db, utc_now
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ class Reports:
             " NOT EXISTS (SELECT 1 FROM matches m2 JOIN items i2 ON i2.id = m2.item_id"
             "             WHERE i2.run_id < items.run_id AND i2.sha256 = items.sha256"
             "             AND m2.catalog_id = m.catalog_id AND m2.verdict != 'none'),"
+            " (SELECT count(*) FROM matches m3 WHERE m3.item_id = m.item_id"
+            "  AND (m3.score > m.score OR (m3.score = m.score AND m3.id < m.id))) + 1,"
+            " items.metadata, items.locator,"
             f" {_MATCH}"
             " FROM matches m JOIN items ON items.id = m.item_id JOIN runs ON runs.id = items.run_id"
             " LEFT JOIN catalog ON catalog.id = m.catalog_id"
@@ -50,15 +53,18 @@ class Reports:
             new = bool(r[4])
             if new_only and not new:
                 continue
+            path = from_db(r[1]) or ""
             rows.append(
                 ReportRow(
                     run_id=run.id,
                     item_id=int(r[0]),
-                    query_path=from_db(r[1]) or "",
+                    query_path=path,
                     query_sha256=r[2],
                     scanned_at=r[3],
                     new=new,
-                    match=match_from_row(r[5:]),
+                    match=match_from_row(r[8:]),
+                    rank=int(r[5]),
+                    source=item_source(path, r[6], r[7]),
                 )
             )
         return Report(run, tuple(rows), new_only, prev, utc_now())

@@ -178,6 +178,51 @@ def _migrate_8(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
+_MATCH_COLUMNS = (
+    "id, item_id, catalog_id, catalog_path, hamming, cosine, score, verdict, owner, transform, inliers,"
+    " query_region, catalog_region, agreement, query_coverage, catalog_coverage, disagreement"
+)
+# The ids of catalog images removed since (which the foreign key cannot hold) become NULL.
+_KEPT_MATCH_COLUMNS = _MATCH_COLUMNS.replace(
+    "catalog_id,", "(SELECT catalog.id FROM catalog WHERE catalog.id = matches.catalog_id),", 1
+)
+
+
+def _migrate_9(db: sqlite_utils.Database) -> None:
+    # Where a copy was found: each scanned item's metadata from its crawl (url, page_url, ...)
+    # and, for an item read from a shard or a manifest, where its bytes are; a check's caller
+    # details (uploader, listing, urls). For Datasette: matches.catalog_id becomes a declared
+    # foreign key (set to NULL when the catalog image is removed: its id may be given to
+    # another image later, the match keeps the path and owner it had), and views show the
+    # codes in the hex that `catalog list` prints.
+    for sql in (
+        "ALTER TABLE items ADD COLUMN metadata TEXT",
+        "ALTER TABLE items ADD COLUMN locator TEXT",
+        "ALTER TABLE checks ADD COLUMN metadata TEXT",
+        "CREATE TABLE matches_v9 ("
+        " id INTEGER PRIMARY KEY,"
+        " item_id INTEGER NOT NULL REFERENCES items(id),"
+        " catalog_id INTEGER REFERENCES catalog(id) ON DELETE SET NULL,"
+        " catalog_path TEXT, hamming INTEGER, cosine REAL, score REAL NOT NULL, verdict TEXT NOT NULL,"
+        " owner TEXT, transform TEXT, inliers INTEGER, query_region TEXT, catalog_region TEXT,"
+        " agreement REAL, query_coverage REAL, catalog_coverage REAL, disagreement TEXT)",
+        f"INSERT INTO matches_v9 ({_MATCH_COLUMNS}) SELECT {_KEPT_MATCH_COLUMNS} FROM matches",
+        "DROP TABLE matches",
+        "ALTER TABLE matches_v9 RENAME TO matches",
+        "CREATE INDEX idx_matches_item_id ON matches (item_id)",
+        "CREATE INDEX idx_matches_catalog_id ON matches (catalog_id)",
+        "CREATE VIEW catalog_hex AS SELECT id, path, owner, external_id, sha256, width, height,"
+        " printf('%016x', phash) AS phash, printf('%016x', dhash) AS dhash, added_at FROM catalog",
+        "CREATE VIEW codes_hex AS SELECT id, catalog_id, variant,"
+        " printf('%016x', phash) AS phash, printf('%016x', dhash) AS dhash FROM codes",
+        "CREATE VIEW items_hex AS SELECT id, run_id, path, json_extract(metadata, '$.url') AS url,"
+        " json_extract(metadata, '$.page_url') AS page_url, sha256, status, error,"
+        " printf('%016x', phash) AS phash, printf('%016x', dhash) AS dhash, scanned_at, reused_from,"
+        " metadata FROM items",
+    ):
+        db.execute(sql)
+
+
 # Migration N upgrades a database at schema version N-1 to version N. Append, never edit.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
@@ -188,9 +233,11 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_6,
     _migrate_7,
     _migrate_8,
+    _migrate_9,
 )
 # Every table the migrations make: a database at the current version that lacks one is damaged.
 TABLES = frozenset(
     {"meta", "catalog", "codes", "settings", "runs", "items", "matches", "checks", "rehash_codes"}
 )
+VIEWS = frozenset({"catalog_hex", "codes_hex", "items_hex"})
 SCHEMA_VERSION = len(MIGRATIONS)
