@@ -679,3 +679,26 @@ def test_review_page_sign_in_and_decisions_in_a_browser(server, crawl_dir, tmp_p
     assert {c["id"]: c["decision"] for c in stored}[second["check_id"]] == "confirmed"
     assert server.call("GET", "/v1/stats")[1]["catalog_images"] == before
     assert (ROOT / "test-artifacts" / "review.png").stat().st_size > 20_000
+
+
+def test_check_takes_the_uploader_listing_and_urls_and_the_review_page_shows_them(server, crawl_dir):
+    fields = {"uploader": "seller-42", "listing_id": "L-9001", "page_url": "https://shop.example/l/9001"}
+    query = "?url=" + urllib.parse.quote("https://cdn.shop.example/9001.jpg", safe="")
+    status, record = server.upload("/v1/check" + query, crawl_dir / "chelsea-border.jpg", fields, as_="check")
+    assert status == 200 and record["matches"][0]["verdict"] == "copy"
+    said = {**fields, "url": "https://cdn.shop.example/9001.jpg"}
+    assert record["meta"] == said
+    status, checks, _ = server.call("GET", "/v1/checks?limit=50")
+    stored = next(c for c in checks if c["id"] == record["check_id"])
+    assert stored["meta"] == said
+    status, set_cookie = _signin(server, server.tokens["admin"])
+    page = server.call("GET", "/review", headers={"Cookie": set_cookie.split(";")[0]}, as_=None)[1].decode()
+    card = page[page.index(f'data-check="{record["check_id"]}"') :][:4000]
+    assert "seller-42" in card and "L-9001" in card
+    assert 'href="https://shop.example/l/9001"' in card and 'rel="noopener noreferrer nofollow"' in card
+    # too long a field is the client's error, and nothing is stored for it
+    long = {"uploader": "x" * 2001}
+    status, body = server.upload("/v1/check", crawl_dir / "chelsea-border.jpg", long, as_="check")
+    assert status == 422 and "uploader" in body["error"]
+    after = server.call("GET", "/v1/checks?limit=50&all=true")[1]
+    assert record["check_id"] == max(c["id"] for c in after)

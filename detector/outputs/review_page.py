@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from detector.outputs.links import web_link
 from detector.storage.checks import CheckRecord
 
 _STYLE = """
@@ -142,6 +143,7 @@ def _card(c: CheckRecord) -> str:
         ("verdict", f'<span class="{verdict}">{verdict}</span>'),
         ("score", escape(_num(best.get("score")))),
         ("upload", escape(c.name or "(no name)")),
+        *_said(c.meta),
         ("checked", escape(c.checked_at)),
         ("catalog", escape(str(best.get("catalog_path", "")))),
         ("owner", escape(str(best.get("owner") or "—"))),
@@ -159,6 +161,19 @@ def _card(c: CheckRecord) -> str:
         '<button data-decision="confirmed">Confirm copy</button>'
         '<button data-decision="dismissed">Dismiss</button></div></section>'
     )
+
+
+def _said(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the client said of the upload: who uploaded it, for which listing, from where."""
+    facts = []
+    for label, key in (("uploader", "uploader"), ("listing", "listing_id")):
+        if meta.get(key):
+            facts.append((label, escape(str(meta[key]))))
+    for label, key in (("page", "page_url"), ("image URL", "url")):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            facts.append((label, web_link(value)))
+    return facts
 
 
 def _figure(src: str, region: object, caption: str, disagreement: list[object] | None = None) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,7 +46,7 @@ from detector.server.guard import (
     session_cookie,
 )
 from detector.server.limits import BodyLimit, BodyLimits, StorageQuota, guarded_protocol
-from detector.server.service import Upload, images_folder, uploads_folder
+from detector.server.service import CHECK_FIELDS, Upload, images_folder, uploads_folder
 from detector.server.tokens import ADMIN, Tokens
 
 LOG = logging.getLogger("copyscan.serve")
@@ -175,6 +175,9 @@ _IMAGE_BODY = {
 }
 
 
+MAX_CHECK_FIELD_CHARS = 2000
+
+
 async def _upload(request: Request) -> tuple[Upload, dict[str, str]]:
     """The image of a request (multipart field ``image``, or the raw body) and the other
     multipart text fields."""
@@ -184,6 +187,21 @@ async def _upload(request: Request) -> tuple[Upload, dict[str, str]]:
     if not data:
         raise ClientError(400, "empty body: send the image as the body or as multipart field 'image'")
     return Upload(data, ""), {}
+
+
+def _said_of_upload(request: Request, fields: dict[str, str]) -> dict[str, str]:
+    """What the client said of an upload to check (:data:`CHECK_FIELDS`), from the query
+    string or the multipart text fields (these win), each at most
+    :data:`MAX_CHECK_FIELD_CHARS` characters."""
+    said = {}
+    for name in CHECK_FIELDS:
+        value = fields.get(name, request.query_params.get(name))
+        if value is None or value == "":
+            continue
+        if len(value) > MAX_CHECK_FIELD_CHARS:
+            raise ClientError(422, f"{name} over {MAX_CHECK_FIELD_CHARS} characters")
+        said[name] = value
+    return said
 
 
 async def _form(request: Request) -> FormData:
@@ -279,7 +297,10 @@ def create_app(desk: Desk, engines: EnginePool, options: ServeOptions, tokens: T
         "the JSON record `scan --format jsonl` writes (query, status, error, matches best first "
         "with catalog_id, catalog_path, owner, external_id, hamming, cosine, score, verdict, "
         "transform, inliers, query_region, catalog_region) plus `check_id` when it was recorded "
-        "for review. An unusable image is a 422 with the same record and its error.",
+        "for review. An unusable image is a 422 with the same record and its error. Say where "
+        "the upload comes from with `url`, `page_url`, `uploader` and `listing_id` (query "
+        "parameters or multipart text fields, 2,000 characters at most): they are kept with "
+        "the check, returned in its record's `meta` and shown on the review page.",
         openapi_extra=_IMAGE_BODY,
     )
     async def check(
@@ -292,7 +313,8 @@ def create_app(desk: Desk, engines: EnginePool, options: ServeOptions, tokens: T
         if mode not in MODES:
             raise ClientError(422, f"mode must be one of {', '.join(MODES)}")
         changes = {k: v for k, v in (("top_k", top_k), ("min_score", min_score)) if v is not None}
-        upload, _ = await _upload(request)
+        upload, fields = await _upload(request)
+        upload = replace(upload, meta=_said_of_upload(request, fields))
         return await engines.check(upload, mode, changes, record)
 
     @app.post(

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from detector.config import FAST, Settings, effective_settings
+from detector.intake.inputs import Input, meta_text
 from detector.intake.prepare import prepare_bytes
 from detector.outputs.records import scan_record
 from detector.records import NONE, ScanResult
@@ -45,10 +46,17 @@ _QUOTA_LOG_EVERY_S = 60.0
 
 @dataclass(frozen=True)
 class Upload:
-    """One uploaded image: its bytes and the name the client gave it (or '')."""
+    """One uploaded image: its bytes, the name the client gave it (or '') and what the
+    client said of it (``url``, ``page_url``, ``uploader``, ``listing_id``: see
+    :data:`CHECK_FIELDS`)."""
 
     data: bytes
     name: str
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+# What a client may say of an upload to check: kept with the check, shown on the review page.
+CHECK_FIELDS = ("url", "page_url", "uploader", "listing_id")
 
 
 def open_store(
@@ -139,6 +147,9 @@ class CheckService:
         recorded either way)."""
         digest = sha256(upload.data).hexdigest()
         prepared = prepare_bytes(upload.name, upload.data, digest, self.settings)
+        meta = meta_text(upload.meta)
+        if meta is not None:
+            prepared = replace(prepared, source=Input(upload.name, meta=meta))
         scanner = self.scanner(mode).reporting(changes.get("top_k"), changes.get("min_score"))
         (result,) = scanner.scan_prepared([prepared])
         record_json = self._record(result)
@@ -148,7 +159,9 @@ class CheckService:
             kept = self._keep(self.uploads, digest, upload.data)[0] if result.flagged else None
             best = result.matches[0].verdict if result.matches else NONE
             record_json["check_id"] = self.store.checks.record(
-                NewCheck(digest, upload.name or None, kept, result.status, None, best, record_json)
+                NewCheck(
+                    digest, upload.name or None, kept, result.status, None, best, record_json, result.meta
+                )
             )
         return record_json
 
@@ -172,7 +185,9 @@ class CheckService:
 
     def _record(self, result: ScanResult) -> dict[str, Any]:
         record = scan_record(result)
-        external = self.store.catalog.external_ids([m.catalog_id for m in result.matches])
+        external = self.store.catalog.external_ids(
+            [m.catalog_id for m in result.matches if m.catalog_id is not None]
+        )
         for m in record["matches"]:
             m["external_id"] = external.get(m["catalog_id"])
         return record

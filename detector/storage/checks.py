@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import NotFound, StoreError
@@ -17,14 +17,16 @@ if TYPE_CHECKING:
 DECISIONS = ("confirmed", "dismissed")
 _CHECK_SELECT = (
     "SELECT id, checked_at, sha256, name, upload_path, status, error, verdict, result,"
-    " decision, decided_at, note FROM checks"
+    " decision, decided_at, note, metadata FROM checks"
 )
 
 
 @dataclass(frozen=True)
 class NewCheck:
     """What :meth:`Checks.record` stores: ``result`` is the JSON record of the check (as
-    ``scan`` writes it), ``upload_path`` where the uploaded bytes were kept (if they were)."""
+    ``scan`` writes it), ``upload_path`` where the uploaded bytes were kept (if they were),
+    ``meta`` what the client said of the upload (``url``, ``page_url``, ``uploader``,
+    ``listing_id``)."""
 
     sha256: str | None
     name: str | None
@@ -33,9 +35,10 @@ class NewCheck:
     error: str | None
     verdict: str
     result: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckRecord(NewCheck):
     """A stored check: what was stored, its id and time, and the moderator's decision (None
     until one is taken)."""
@@ -58,8 +61,8 @@ class Checks:
         """Store one checked upload with its result; returns its id."""
         with self.store.write():
             cur = self.conn.execute(
-                "INSERT INTO checks (checked_at, sha256, name, upload_path, status, error, verdict, result)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO checks (checked_at, sha256, name, upload_path, status, error, verdict, result,"
+                " metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     utc_now(),
                     check.sha256,
@@ -69,6 +72,7 @@ class Checks:
                     check.error,
                     check.verdict,
                     json.dumps(check.result, ensure_ascii=False),
+                    json.dumps(check.meta, ensure_ascii=False) if check.meta else None,
                 ),
             )
         if cur.lastrowid is None:
@@ -116,10 +120,7 @@ class Checks:
 
 
 def _check(row: Sequence[Any]) -> CheckRecord:
-    try:
-        result = json.loads(row[8])
-    except ValueError:
-        result = {}
+    result = _object(row[8])
     return CheckRecord(
         id=int(row[0]),
         checked_at=row[1],
@@ -129,8 +130,18 @@ def _check(row: Sequence[Any]) -> CheckRecord:
         status=row[5],
         error=row[6],
         verdict=row[7],
-        result=result if isinstance(result, dict) else {},
+        result=result,
+        meta=_object(row[12]),
         decision=row[9],
         decided_at=row[10],
         note=row[11],
     )
+
+
+def _object(text: str | None) -> dict[str, Any]:
+    """A stored JSON object, or {} for none or anything else."""
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
