@@ -7,6 +7,7 @@ import click
 
 from cli.app import App, parse_settings
 from cli.catalog import catalog
+from cli.database import datasette_metadata
 from cli.evaluate import evaluate
 from cli.history import report_command, runs
 from cli.scan import check, dedupe, scan
@@ -52,7 +53,19 @@ def settings() -> None:
         click.echo(f"{name:<26} {shown!s:<12} {help_text}")
 
 
-for command in (settings, catalog, scan, check, dedupe, runs, report_command, serve, token, evaluate):
+for command in (
+    settings,
+    catalog,
+    scan,
+    check,
+    dedupe,
+    runs,
+    report_command,
+    serve,
+    token,
+    evaluate,
+    datasette_metadata,
+):
     cli.add_command(command)
 
 

@@ -1,0 +1,28 @@
+"""``copyscan datasette-metadata``: the database described for Datasette."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.app import App, errors_to_click
+from detector.outputs.records import json_text
+
+
+@click.command("datasette-metadata")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default="-", show_default=True, help="Write it here."
+)
+@click.pass_obj
+def datasette_metadata(app: App, output: str) -> None:
+    """Print Datasette's metadata for the database (--db): every table, view and column
+    described. Browse the database with: datasette copyscan.db -m metadata.json"""
+    from detector.storage.datasette import datasette_metadata as describe
+
+    text = json_text(describe(Path(app.db).stem), indent=2) + "\n"
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    with errors_to_click():
+        Path(output).write_text(text, encoding="utf-8")
