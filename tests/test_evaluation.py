@@ -61,6 +61,30 @@ def test_calibrate_reaches_the_asked_precisions():
     assert calibrate([(0.9, False)], 1) is None
 
 
+def test_a_calibration_on_too_few_pairs_says_why_it_is_unreliable():
+    from detector.tasks.evaluation import least_pairs
+
+    # the case: twenty copies, all found, a few look-alikes well below them
+    few = [(0.9 - i / 100, True) for i in range(20)] + [(0.3, False)] * 5
+    c = calibrate(few, 20)
+    assert c is not None and c.near_duplicate_threshold == c.copy_threshold
+    assert (c.copy_pairs, c.near_duplicate_pairs, c.wrong_pairs) == (20, 20, 5)
+    assert any("only 20 pairs score at or above the copy threshold" in w for w in c.warnings)
+    assert any("at least 300" in w for w in c.warnings)  # 99 %: the rule of three
+    assert any("only 5 wrong pairs" in w for w in c.warnings)
+    assert any("near-duplicate threshold equals the copy threshold" in w for w in c.warnings)
+    assert (least_pairs(0.99), least_pairs(0.95), least_pairs(1.0)) == (300, 60, 3000)
+
+
+def test_a_calibration_on_enough_pairs_has_no_warning():
+    rng = np.random.default_rng(1)
+    preds = [(float(s), True) for s in rng.uniform(0.5, 1.0, 600)]
+    preds += [(float(s), False) for s in rng.uniform(0.0, 0.7, 600)]
+    c = calibrate(preds, 600)
+    assert c is not None and c.warnings == ()
+    assert c.near_duplicate_threshold < c.copy_threshold and c.copy_pairs >= 300
+
+
 @pytest.fixture
 def tiny_db(tmp_path, catalog_dir):
     db = tmp_path / "tiny.db"
