@@ -213,7 +213,3 @@ def errors_to_click() -> Iterator[None]:
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
         raise click.ClickException(f"cannot use{where}: {e.strerror or e}") from e
-
-
-def number(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"

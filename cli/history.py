@@ -12,26 +12,36 @@ from typing import IO
 import click
 
 from cli.app import App, errors_to_click, run_id_type
+from cli.listing import Column, listing, output_options
 from detector.outputs.records import json_text
+
+_RUN_COLUMNS = (
+    Column("id", right=True),
+    Column("status"),
+    Column("started_at", "STARTED"),
+    Column("finished_at", "FINISHED"),
+    Column("mode"),
+    Column("items", "IMAGES", right=True),
+    Column("matched", "FLAGGED", right=True),
+    Column("errors", right=True),
+    Column("command", table=False),
+    Column("state", table=False),
+    Column("args", table=False),
+)
 
 
 @click.command()
 @click.option("--limit", type=run_id_type(), default=20, show_default=True, help="Newest runs shown.")
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+@output_options
 @click.pass_obj
-def runs(app: App, limit: int, fmt: str) -> None:
-    """Scan runs recorded in the database, newest first: status, times and counts."""
-    with errors_to_click(), app.open_store(readonly=True) as store:
-        found = store.history.runs(limit)
-    for r in found:
-        if fmt == "jsonl":
-            click.echo(json_text(dataclasses.asdict(r)))
-            continue
-        counts = "-" if r.items is None else f"{r.items} images, {r.matched} flagged, {r.errors} errors"
-        click.echo(
-            f"{r.id:>5}  {r.status:<11} {r.started_at}  {r.finished_at or '-':<25}  "
-            f"{r.mode or '-':<8} {counts}"
-        )
+def runs(app: App, limit: int, fmt: str, output: str) -> None:
+    """Scan runs recorded in the database, newest first: status, times and counts (and the
+    run's arguments, in csv, jsonl and json); counts are empty until a run finished."""
+    with errors_to_click(), listing(fmt, output, _RUN_COLUMNS) as out:
+        with app.open_store(readonly=True) as store:
+            found = store.history.runs(limit)
+        for r in found:
+            out.write(dataclasses.asdict(r))
 
 
 @click.command("report")

@@ -166,6 +166,36 @@ def test_evaluate_end_to_end_calibrates_and_scan_obeys(tiny_db, tmp_path, catalo
     assert result.exit_code == 0 and json.loads(result.stdout)["matches"][0]["verdict"] == "copy"
 
 
+def test_settings_show_calibrated_thresholds_as_stored_with_the_calibrations_warning(tiny_db):
+    runner = CliRunner()
+    args = ["--db", str(tiny_db), "-q", "evaluate", "--sample", "4", "--held-out", "3", "--families",
+            "flip,border,jpeg", "--mode", "fast", "--format", "json", "--calibrate"]  # fmt: skip
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cal = json.loads(result.stdout)["calibration"]
+    assert cal["warnings"] and cal["copy_pairs"] == 12 == cal["near_duplicate_pairs"]
+    # twelve copies cannot show 99 % precision: said even under -q, and stored with the values
+    assert "warning: unreliable calibration: only 12 pairs" in result.stderr
+    shown = runner.invoke(cli, ["--db", str(tiny_db), "settings", "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    rows = {r["name"]: r for r in json.loads(shown.stdout)}
+    for name in ("copy_threshold", "near_duplicate_threshold"):
+        assert rows[name]["source"] == "stored"
+        assert rows[name]["value"] == pytest.approx(cal[name])
+        assert "only 12 pairs" in rows[name]["note"]
+    assert rows["top_k"]["source"] == "default" and rows["top_k"]["note"] is None
+    assert "unreliable calibration: only 12 pairs" in shown.stderr
+    table = runner.invoke(cli, ["--db", str(tiny_db), "settings"]).stdout.splitlines()
+    line = next(x for x in table if x.startswith("copy_threshold "))
+    assert line.split()[1:3] == [str(cal["copy_threshold"]), "stored"]
+    # --set wins over both stored values: the calibration's warning no longer applies
+    wins = ["--set", "copy_threshold=0.9", "--set", "near_duplicate_threshold=0.8"]
+    shown = runner.invoke(cli, ["--db", str(tiny_db), *wins, "settings", "--format", "jsonl"])
+    rows = {r["name"]: r for r in map(json.loads, shown.stdout.splitlines())}
+    assert (rows["copy_threshold"]["source"], rows["copy_threshold"]["value"]) == ("set", 0.9)
+    assert rows["copy_threshold"]["note"] is None and "warning" not in shown.stderr
+
+
 def embedder_id_default() -> str:
     from detector.config import Settings
 
