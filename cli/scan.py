@@ -275,6 +275,7 @@ def scan(
             else:
                 request = ScanRequest(tuple(paths), mode, top_k, min_score, rescan, app.overrides, options)
                 run = ScanRun.start(store, request, base=CLI_DEFAULTS, engine=cluster, wait=wait)
+        run.scanner.models.loading = app.loading_model  # a status line while the CNN loads
         for note in run.notes:
             app.say(f"warning: {note}")
         if run.killed and not run.resumed:
