@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 import click
 
 from cli.app import App, errors_to_click, run_id_type
-from cli.listing import Column, listing, output_options
+from cli.listing import Column, listing, output_file, output_options
 from detector.outputs.records import json_text
 
 _RUN_COLUMNS = (
@@ -82,23 +78,13 @@ def report_command(
             index = write_html(found, Path(html_dir), app.settings)
             app.say(f"HTML report written to {index}")
         if csv_path:
-            with _output(csv_path) as out:
+            with output_file(csv_path) as out:
                 records.report_csv(found, out)
         if json_path:
-            with _output(json_path) as out:
+            with output_file(json_path) as out:
                 out.write(json_text(records.report_json(found), indent=1) + "\n")
     new = sum(r.new for r in found.rows)
     app.say(
         f"run {found.run.id} ({found.run.status}): {len(found.rows)} flagged pairs"
         f"{' new since earlier runs' if new_only else f', {new} new since earlier runs'}"
     )
-
-
-@contextmanager
-def _output(path: str) -> Iterator[IO[str]]:
-    """A text file to write (newlines as given, for CSV), or stdout for '-'."""
-    if path == "-":
-        yield sys.stdout
-        return
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        yield out

@@ -81,6 +81,17 @@ def open_output(path: str | None) -> IO[str]:
 
 
 @contextmanager
+def output_file(path: str | None) -> Iterator[IO[str]]:
+    """:func:`open_output` for a block: a file is closed at its end, stdout is left open."""
+    out = open_output(path)
+    try:
+        yield out
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+@contextmanager
 def listing(
     fmt: str,
     output: str | None,
@@ -90,16 +101,12 @@ def listing(
     vertical: bool = False,
     stream: bool = False,
 ) -> Iterator[Listing]:
-    """A :class:`Listing` to ``output`` (a path, or '-' for stdout), closed (the table or the
-    JSON array completed, the file closed) when the block ends."""
-    out = open_output(output)
-    writer = Listing(fmt, out, columns, one=one, vertical=vertical, stream=stream)
-    try:
+    """A :class:`Listing` to ``output`` (a path, or '-' for stdout), finished (the table or
+    the JSON array completed) when the block ends without an error."""
+    with output_file(output) as out:
+        writer = Listing(fmt, out, columns, one=one, vertical=vertical, stream=stream)
         yield writer
         writer.close()
-    finally:
-        if out is not sys.stdout:
-            out.close()
 
 
 class Listing:
