@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ EXIT_STATUSES: dict[str, tuple[tuple[int, str], ...]] = {
 # worker processes (the library does not start processes unless asked, since Python re-imports
 # the caller's main module in each worker).
 CLI_DEFAULTS: dict[str, Any] = {"jobs": 0}
+PROGRESS_SMOOTHING = 0.1  # tqdm's moving-average factor for the rate and the ETA (0: the overall mean)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class App:
     settings: Settings = field(default_factory=Settings)
     effective: EffectiveSettings | None = None
     _models: Any = field(default=None, repr=False)
+    _bars: int = field(default=0, repr=False)  # progress bars on the screen now
 
     def __post_init__(self) -> None:
         self.settings = effective_settings({}, self.overrides, CLI_DEFAULTS).settings
@@ -101,30 +104,54 @@ class App:
         if self._models is None:
             from detector.stage2.embedding import Models
 
-            self._models = Models(self.settings)
+            self._models = Models(self.settings, loading=self.loading_model)
         return self._models
 
-    def progress(self, length: int, label: str) -> Any:
-        """A progress bar on stderr (``.update(n)``), only when stderr is a terminal and not
-        --quiet; otherwise a silent stand-in."""
-        if self.quiet or not sys.stderr.isatty():
-            return _no_bar()
-        return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+    @contextmanager
+    def progress(self, length: int, label: str) -> Iterator[Any]:
+        """A tqdm progress bar on stderr (``.update(n)``) with the rate and an ETA from a
+        moving average, shown only when stderr is a terminal and not --quiet (else silent)."""
+        from tqdm import tqdm
+
+        shown = not self.quiet and sys.stderr.isatty()
+        bar = tqdm(
+            total=length,
+            desc=label,
+            unit=" images",
+            file=sys.stderr,
+            disable=not shown,
+            leave=False,
+            dynamic_ncols=True,
+            # Results come in batches, the first after the model loads: rates averaged over
+            # about the last ten refreshes (half a second apart) give an ETA that holds still.
+            smoothing=PROGRESS_SMOOTHING,
+            mininterval=0.5,
+        )
+        self._bars += int(shown)
+        try:
+            yield bar
+        finally:
+            self._bars -= int(shown)
+            bar.close()
 
     def say(self, message: str) -> None:
-        """A status line on stderr, unless --quiet."""
-        if not self.quiet:
+        """A status line on stderr, unless --quiet (above a progress bar, which stays)."""
+        if self.quiet:
+            return
+        if self._bars:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+        else:
             click.echo(message, err=True)
 
-
-class _SilentBar:
-    def update(self, n: int) -> None:
-        pass
-
-
-@contextmanager
-def _no_bar() -> Iterator[_SilentBar]:
-    yield _SilentBar()
+    @contextmanager
+    def loading_model(self, what: str) -> Iterator[None]:
+        """Status lines around the CNN model's load (the hook of ``Models.loading``)."""
+        self.say(f"loading the CNN model ({what})...")
+        started = time.perf_counter()
+        yield
+        self.say(f"model loaded in {time.perf_counter() - started:.1f} s")
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
@@ -213,7 +240,3 @@ def errors_to_click() -> Iterator[None]:
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
         raise click.ClickException(f"cannot use{where}: {e.strerror or e}") from e
-
-
-def number(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"

@@ -9,7 +9,7 @@ from collections import Counter
 import click
 
 from cli.app import EXIT_PARTIAL, App, errors_to_click, locked, quiet_option, wait_option
-from detector.outputs.records import display, json_text
+from cli.listing import Column, listing, output_options
 
 
 @click.group()
@@ -96,49 +96,79 @@ def catalog_rehash(app: App, drop_missing: bool, wait: float) -> None:
     click.echo(f"the catalog now uses hasher {HASHER_ID}")
 
 
+_LIST_COLUMNS = (
+    Column("id", width=6, right=True),
+    Column("owner", width=16),
+    Column("size", width=11, right=True),
+    Column("phash", width=16),
+    Column("path"),
+    Column("width", table=False),
+    Column("height", table=False),
+    Column("sha256", table=False),
+    Column("dhash", table=False),
+    Column("added_at", table=False),
+)
+
+
 @catalog.command("list")
 @click.option("--owner", help="Only this owner's images.")
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+@output_options
 @click.pass_obj
-def catalog_list(app: App, owner: str | None, fmt: str) -> None:
-    """List catalog images: id, owner, size, pHash, path."""
-    with errors_to_click(), app.open_store(readonly=True) as store:
-        for e in store.catalog.list(owner=owner):
-            if fmt == "jsonl":
-                click.echo(
-                    json_text(
-                        {
-                            "id": e.id,
-                            "path": e.path,
-                            "owner": e.owner,
-                            "width": e.width,
-                            "height": e.height,
-                            "sha256": e.sha256,
-                            "phash": f"{e.phash:016x}",
-                            "dhash": f"{e.dhash:016x}",
-                            "added_at": e.added_at,
-                        }
-                    )
+def catalog_list(app: App, owner: str | None, fmt: str, output: str) -> None:
+    """List catalog images: id, owner, size, pHash, path (and dHash, SHA-256 and when each
+    was added, in csv, jsonl and json); codes as 16 hex digits."""
+    with errors_to_click(), listing(fmt, output, _LIST_COLUMNS, stream=True) as out:
+        with app.open_store(readonly=True) as store:
+            for e in store.catalog.list(owner=owner):
+                out.write(
+                    {
+                        "id": e.id,
+                        "path": e.path,
+                        "owner": e.owner,
+                        "width": e.width,
+                        "height": e.height,
+                        "size": f"{e.width}x{e.height}",
+                        "sha256": e.sha256,
+                        "phash": f"{e.phash:016x}",
+                        "dhash": f"{e.dhash:016x}",
+                        "added_at": e.added_at,
+                    }
                 )
-            else:
-                size = f"{e.width}x{e.height}"
-                owner = display(e.owner or "-")
-                click.echo(f"{e.id:>6}  {owner:<16} {size:>11}  {e.phash:016x}  {display(e.path)}")
+
+
+_STATS_COLUMNS = (
+    Column("database"),
+    Column("file_bytes", text=lambda n: f"{n / 1e6:.1f} MB"),
+    Column("schema_version"),
+    Column("images"),
+    Column("runs"),
+    Column("hasher"),
+    Column("embedder"),
+    Column("owners", text=lambda owners: ", ".join(f"{o or '(none)'}: {n}" for o, n in owners.items())),
+)
 
 
 @catalog.command("stats")
+@output_options
 @click.pass_obj
-def catalog_stats(app: App) -> None:
-    """Counts of the catalog: images, owners, runs, database size and identities."""
-    with errors_to_click(), app.open_store(readonly=True) as store:
-        s = store.stats()
-    click.echo(f"database        {app.db} ({s.file_bytes / 1e6:.1f} MB, schema v{s.schema_version})")
-    click.echo(f"catalog images  {s.images}")
-    click.echo(f"scan runs       {s.runs}")
-    click.echo(f"hasher          {s.hasher}")
-    click.echo(f"embedder        {s.embedder}")
-    for owner, n in s.owners.items():
-        click.echo(f"owner           {display(owner) or '(none)'}: {n}")
+def catalog_stats(app: App, fmt: str, output: str) -> None:
+    """Counts of the catalog: images, owners, runs, database size and identities (json: one
+    object; a table shows a field a row)."""
+    with errors_to_click(), listing(fmt, output, _STATS_COLUMNS, one=True, vertical=True) as out:
+        with app.open_store(readonly=True) as store:
+            s = store.stats()
+        out.write(
+            {
+                "database": app.db,
+                "file_bytes": s.file_bytes,
+                "schema_version": s.schema_version,
+                "images": s.images,
+                "runs": s.runs,
+                "hasher": s.hasher,
+                "embedder": s.embedder,
+                "owners": s.owners,
+            }
+        )
 
 
 @catalog.command("remove")

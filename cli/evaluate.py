@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from typing import Any
 
 import click
 
-from cli.app import App, errors_to_click, locked, number, quiet_option
+from cli.app import App, errors_to_click, locked, quiet_option
+from cli.listing import Column, listing, output_options
 
 
 @click.command()
@@ -59,7 +61,7 @@ from cli.app import App, errors_to_click, locked, number, quiet_option
     show_default=True,
     help="Precision the 'near-duplicate' verdict is calibrated to.",
 )
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@output_options
 @click.pass_obj
 def evaluate(
     app: App,
@@ -74,13 +76,18 @@ def evaluate(
     precision: float,
     near_precision: float,
     fmt: str,
+    output: str,
 ) -> None:
     """Attack catalog images, scan the copies mixed with distractors, and measure.
 
-    Prints micro average precision, recall at 99 % and 95 % precision (overall and per
-    attack family) and the share of images the CNN ran on. With --calibrate, stores the
-    score thresholds that reach --precision and --near-precision; scan and check then use
-    them (--set still wins).
+    Lists, per mode, a row for all attack families ('all') and one per family: micro
+    average precision, recall at 99 % and 95 % precision, the share of copies whose catalog
+    image reached stage 2, the share of images the CNN ran on, and the default 'copy'
+    verdict's precision and recall (table: the main figures; csv and jsonl: every figure;
+    json: one document with the calibration). With --calibrate, stores the score thresholds
+    that reach --precision and --near-precision; scan and check then use them (--set still
+    wins, `copyscan settings` shows them). A calibration on too few pairs is stored with a
+    warning, shown on stderr here and by `copyscan settings`.
     """
     import tempfile
     from dataclasses import asdict
@@ -101,6 +108,7 @@ def evaluate(
     modes = ("fast", "thorough") if mode == "both" else (mode,)
     with (
         errors_to_click(),
+        listing(fmt, output, _COLUMNS, one=fmt == "json") as out,
         app.open_store(readonly=not calibrate) as store,
         tempfile.TemporaryDirectory() as tmp,
     ):
@@ -142,47 +150,68 @@ def evaluate(
                     {
                         "copy_threshold": stored.copy_threshold,
                         "near_duplicate_threshold": stored.near_duplicate_threshold,
-                    }
+                    },
+                    notes=stored.warnings,
                 )
-    if fmt == "json":
-        click.echo(
-            json.dumps(
+        if fmt == "json":
+            out.write(
                 {
                     "evaluations": [asdict(f) for f in figures],
                     "calibration": asdict(stored) if stored else None,
-                },
-                indent=2,
+                }
             )
-        )
-        return
-    for f in figures:
-        click.echo(
-            f"mode {f.mode}: {f.copies} attacked copies, {f.distractors} distractors, "
-            f"{f.errors} errors, {f.seconds:.1f} s scanning"
-        )
-        click.echo(f"  micro AP                {f.micro_ap:.3f}")
-        click.echo(f"  recall at 99% precision {f.recall_at_99:.3f}  (score >= {number(f.threshold_99)})")
-        click.echo(f"  recall at 95% precision {f.recall_at_95:.3f}  (score >= {number(f.threshold_95)})")
-        click.echo(f"  reached stage 2         {f.candidate_recall:.3f} of copies")
-        click.echo(
-            f"  CNN ran on              {f.cnn_share_copies:.0%} of copies, "
-            f"{f.cnn_share_distractors:.0%} of distractors"
-        )
-        precision = "-" if f.copy_precision is None else f"{f.copy_precision:.3f}"
-        click.echo(
-            f"  default verdict         'copy' precision {precision}, recall {f.copy_recall:.3f}; "
-            f"{f.flagged_distractors:.1%} of distractors flagged"
-        )
-        click.echo(f"  {'family':<12} {'copies':>6} {'R@99%P':>7} {'R@95%P':>7} {'stage 2':>8}")
-        for fam in f.families:
-            click.echo(
-                f"  {fam.family:<12} {fam.copies:>6} {fam.recall_at_99:>7.3f} "
-                f"{fam.recall_at_95:>7.3f} {fam.candidate_recall:>8.3f}"
-            )
+        else:
+            for row in _rows(figures):
+                out.write(row)
     if stored is not None:
-        click.echo(
+        app.say(
             f"stored: copy_threshold={stored.copy_threshold:.4f} "
             f"({stored.copy_precision:.0%} precision, recall {stored.recall_copy:.3f}), "
             f"near_duplicate_threshold={stored.near_duplicate_threshold:.4f} "
             f"({stored.near_duplicate_precision:.0%} precision, recall {stored.recall_near_duplicate:.3f})"
         )
+        for warning in stored.warnings:  # shown whatever --quiet says: the stored verdicts depend on it
+            click.echo(f"warning: unreliable calibration: {warning}", err=True)
+
+
+def _figure(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _share(x: float) -> str:
+    return f"{x:.0%}"
+
+
+# A row per mode and attack family ('all': the mode's overall figures, which the families lack).
+_COLUMNS = (
+    Column("mode"),
+    Column("family"),
+    Column("copies", right=True),
+    Column("distractors", right=True),
+    Column("errors", table=False),
+    Column("micro_ap", "AP", right=True, text=_figure),
+    Column("recall_at_99", "R@99%P", right=True, text=_figure),
+    Column("threshold_99", table=False),
+    Column("recall_at_95", "R@95%P", right=True, text=_figure),
+    Column("threshold_95", table=False),
+    Column("candidate_recall", "STAGE2", right=True, text=_figure),
+    Column("cnn_share_copies", "CNN_COPIES", right=True, text=_share),
+    Column("cnn_share_distractors", "CNN_OTHERS", right=True, text=_share),
+    Column("copy_precision", "COPY_P", right=True, text=_figure),
+    Column("copy_recall", "COPY_R", right=True, text=_figure),
+    Column("flagged_distractors", "FLAGGED", right=True, text="{:.1%}".format),
+    Column("seconds", table=False),
+)
+
+
+def _rows(figures: list[Any]) -> Iterator[dict[str, Any]]:
+    """The rows of :data:`_COLUMNS`: a mode's overall figures, then each family's."""
+    from dataclasses import asdict
+
+    empty = dict.fromkeys(c.key for c in _COLUMNS)
+    for f in figures:
+        overall = asdict(f)
+        del overall["families"]
+        yield {**empty, **overall, "family": "all"}
+        for fam in f.families:
+            yield {**empty, "mode": f.mode, **asdict(fam)}

@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 import click
 
 from cli.app import App, errors_to_click, run_id_type
+from cli.listing import Column, listing, output_file, output_options
 from detector.outputs.records import json_text
+
+_RUN_COLUMNS = (
+    Column("id", right=True),
+    Column("status"),
+    Column("started_at", "STARTED"),
+    Column("finished_at", "FINISHED"),
+    Column("mode"),
+    Column("items", "IMAGES", right=True),
+    Column("matched", "FLAGGED", right=True),
+    Column("errors", right=True),
+    Column("command", table=False),
+    Column("state", table=False),
+    Column("args", table=False),
+)
 
 
 @click.command()
 @click.option("--limit", type=run_id_type(), default=20, show_default=True, help="Newest runs shown.")
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
+@output_options
 @click.pass_obj
-def runs(app: App, limit: int, fmt: str) -> None:
-    """Scan runs recorded in the database, newest first: status, times and counts."""
-    with errors_to_click(), app.open_store(readonly=True) as store:
-        found = store.history.runs(limit)
-    for r in found:
-        if fmt == "jsonl":
-            click.echo(json_text(dataclasses.asdict(r)))
-            continue
-        counts = "-" if r.items is None else f"{r.items} images, {r.matched} flagged, {r.errors} errors"
-        click.echo(
-            f"{r.id:>5}  {r.status:<11} {r.started_at}  {r.finished_at or '-':<25}  "
-            f"{r.mode or '-':<8} {counts}"
-        )
+def runs(app: App, limit: int, fmt: str, output: str) -> None:
+    """Scan runs recorded in the database, newest first: status, times and counts (and the
+    run's arguments, in csv, jsonl and json); counts are empty until a run finished."""
+    with errors_to_click(), listing(fmt, output, _RUN_COLUMNS) as out:
+        with app.open_store(readonly=True) as store:
+            found = store.history.runs(limit)
+        for r in found:
+            out.write(dataclasses.asdict(r))
 
 
 @click.command("report")
@@ -72,23 +78,13 @@ def report_command(
             index = write_html(found, Path(html_dir), app.settings)
             app.say(f"HTML report written to {index}")
         if csv_path:
-            with _output(csv_path) as out:
+            with output_file(csv_path) as out:
                 records.report_csv(found, out)
         if json_path:
-            with _output(json_path) as out:
+            with output_file(json_path) as out:
                 out.write(json_text(records.report_json(found), indent=1) + "\n")
     new = sum(r.new for r in found.rows)
     app.say(
         f"run {found.run.id} ({found.run.status}): {len(found.rows)} flagged pairs"
         f"{' new since earlier runs' if new_only else f', {new} new since earlier runs'}"
     )
-
-
-@contextmanager
-def _output(path: str) -> Iterator[IO[str]]:
-    """A text file to write (newlines as given, for CSV), or stdout for '-'."""
-    if path == "-":
-        yield sys.stdout
-        return
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        yield out

@@ -12,8 +12,8 @@ from cli.evaluate import evaluate
 from cli.history import report_command, runs
 from cli.scan import check, dedupe, scan
 from cli.serve import serve, token
+from cli.settings import settings
 from detector import __version__
-from detector.config import settings_table
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -43,14 +43,6 @@ def cli(ctx: click.Context, db: str, quiet: bool, set_: tuple[str, ...]) -> None
     pair gets a score in [0, 1] and a verdict.
     """
     ctx.obj = App(db=db, quiet=quiet, overrides=parse_settings(set_))
-
-
-@click.command()
-def settings() -> None:
-    """List the engine settings with their defaults (change them with --set NAME=VALUE)."""
-    for name, default, help_text in settings_table():
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        click.echo(f"{name:<26} {shown!s:<12} {help_text}")
 
 
 for command in (

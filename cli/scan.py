@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import click
@@ -27,14 +28,18 @@ from cli.app import (
     quiet_option,
     wait_option,
 )
+from cli.listing import Column, Listing, listing, open_output, output_options
 from detector.errors import CopyscanError
-from detector.outputs.records import display, json_text
 
 
 class _Writer:
-    """Writes scan results in one format to one stream."""
+    """Writes scan results in one of the listing formats to one stream, each result as soon as
+    it comes: JSON Lines and JSON records of the command-line contract, the report module's
+    CSV rows, or a table of one row per match (one for an image without match or an error)."""
 
-    def __init__(self, fmt: str, out: IO[str], owned: bool = False) -> None:
+    def __init__(
+        self, fmt: str, out: IO[str], owned: bool = False, one: bool = False, queries: int = 0
+    ) -> None:
         from detector.outputs import records as report
 
         self.fmt = fmt
@@ -45,32 +50,70 @@ class _Writer:
         self.csv = csv.writer(out) if fmt == "csv" else None
         if self.csv is not None:
             self.csv.writerow(report.CSV_COLUMNS)
+        columns = _scan_table(queries)
+        self.listing = None if self.csv else Listing(fmt, out, columns, one=one, stream=not one)
 
     def write(self, result: Any) -> None:
-        if self.fmt == "jsonl":
-            self.out.write(self.report.json_text(self.report.scan_record(result)) + "\n")
-        elif self.csv is not None:
+        if self.csv is not None:
             self.csv.writerows(self.report.csv_rows(result, self.run_id))
-        else:
-            self.out.write("\n".join(self.report.table_lines(result)) + "\n")
+        elif self.listing is not None and self.listing.flat:
+            for row in _table_rows(result):
+                self.listing.write(row)
+        elif self.listing is not None:
+            self.listing.write(self.report.scan_record(result))
         self.out.flush()
 
     def close(self) -> None:
-        if self.owned:
-            self.out.close()
+        try:
+            if self.listing is not None:
+                self.listing.close()
+        finally:
+            if self.owned:
+                self.out.close()
+
+
+def _scan_table(query_width: int) -> tuple[Column, ...]:
+    """The table of scan and check: one row per match; ``query_width``: the query column's
+    width (a table written as results come cannot wait for the widest)."""
+    return (
+        Column("verdict", width=len("near-duplicate")),
+        Column("score", width=5, right=True, text="{:.3f}".format),
+        Column("cosine", width=6, right=True, text="{:.3f}".format),
+        Column("hamming", "HAM", width=3, right=True),
+        Column("query", width=query_width),
+        Column("catalog"),
+    )
+
+
+def _table_rows(r: Any) -> list[dict[str, Any]]:
+    """Table rows of one result: a match each (its verdict, scores, the query and '#id path
+    [owner]' of the catalog image), or one row saying 'no match' or 'error' (and why)."""
+    if r.status == "error":
+        return [{"verdict": "error", "query": r.query, "catalog": r.error or ""}]
+    if not r.matches:
+        return [{"verdict": "no match", "query": r.query}]
+    return [
+        {
+            "verdict": m.verdict,
+            "score": m.score,
+            "cosine": m.cosine,
+            "hamming": m.hamming,
+            "query": r.query,
+            "catalog": f"#{m.catalog_id} {m.catalog_path}" + (f" [{m.owner}]" if m.owner else ""),
+        }
+        for m in r.matches
+    ]
+
+
+def _query_width(files: Sequence[Any]) -> int:
+    """The query column's width for a run's files: the longest path, within reason."""
+    return min(max((len(f) for f in files if isinstance(f, str)), default=0), 80)
 
 
 def _scan_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option(
-                "--format",
-                "fmt",
-                type=click.Choice(["jsonl", "csv", "table"]),
-                default="table",
-                show_default=True,
-                help="Output format on stdout.",
-            ),
+            output_options,
             click.option("--top-k", type=click.IntRange(min=1), help="Most matches per image [default: 5]."),
             click.option(
                 "--min-score",
@@ -155,6 +198,7 @@ def scan(
     ctx: click.Context,
     paths: tuple[str, ...],
     fmt: str,
+    output: str,
     top_k: int | None,
     min_score: float | None,
     mode: str,
@@ -200,6 +244,7 @@ def scan(
     with errors_to_click(), app.open_store() as store:
         options = {
             "format": fmt,
+            "output": None if output == "-" else os.path.abspath(output),
             "jsonl": None if jsonl_path is None else os.path.abspath(jsonl_path),
             "parquet_out": None if parquet_out is None else os.path.abspath(parquet_out),
             "engine": engine,
@@ -229,6 +274,7 @@ def scan(
             else:
                 request = ScanRequest(tuple(paths), mode, top_k, min_score, rescan, app.overrides, options)
                 run = ScanRun.start(store, request, base=CLI_DEFAULTS, engine=cluster, wait=wait)
+        run.scanner.models.loading = app.loading_model  # a status line while the CNN loads
         for note in run.notes:
             app.say(f"warning: {note}")
         if run.killed and not run.resumed:
@@ -239,6 +285,7 @@ def scan(
         code, failure = 0, ""
         try:
             with run, app.progress(len(run.files), "scanning") as bar:
+                outputs.queries(run.files)
                 outputs.open(run)
                 for result in run.results():
                     bar.update(1)
@@ -276,7 +323,7 @@ def scan(
 
 # Options a run keeps: --resume takes them from the run, not from the command line. Where it
 # runs (--engine, --workers, --ray-address) changes no result: a resume may choose again.
-_RUN_OPTIONS = ("fmt", "top_k", "min_score", "mode", "jsonl_path", "rescan", "parquet_out")
+_RUN_OPTIONS = ("fmt", "output", "top_k", "min_score", "mode", "jsonl_path", "rescan", "parquet_out")
 _WHERE = ("engine", "workers", "ray_address")
 _RUNTIME = ("batch_size", "jobs")  # settings that change no result: a resume may set them again
 
@@ -305,18 +352,20 @@ def _cluster(options: dict[str, Any]) -> Any:
 
 
 class _Outputs:
-    """Where a run's records go: stdout in the run's format, and the files it names. Files are
-    opened (and so checked) before the run starts; a resumed run writes each file again from
-    every result it recorded, and stdout gets the results that never reached it."""
+    """Where a run's records go: the run's format to stdout or to its -o file, and the files it
+    names. Files are opened (and so checked) before the run starts; a resumed run writes each
+    file again from every result it recorded, and stdout gets the results that never reached it."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
-        self.writers: list[Any] = []
         self.files: list[Any] = []
-        self.stdout = _Writer(str(options.get("format") or "table"), sys.stdout)
+        self.fmt = str(options.get("format") or "table")
+        self.stdout: _Writer | None = None
+        output = options.get("output")
+        self.main: IO[str] = open_output(output)
         jsonl = options.get("jsonl")
         if jsonl:
-            self.files.append(_Writer("jsonl", _open_output(jsonl), owned=True))
+            self.files.append(_Writer("jsonl", open_output(jsonl), owned=True))
         parquet = options.get("parquet_out")
         if parquet:
             from detector.outputs.parquet import ParquetResults
@@ -326,34 +375,38 @@ class _Outputs:
             except OSError as e:
                 raise click.ClickException(f"cannot write {parquet}: {e.strerror or e}") from e
 
+    def queries(self, files: Sequence[Any]) -> None:
+        """The run's files are known: the writer in the run's format starts (a table's query
+        column as wide as their paths)."""
+        writer = _Writer(self.fmt, self.main, owned=self.main is not sys.stdout, queries=_query_width(files))
+        if self.main is sys.stdout:
+            self.stdout = writer
+        else:
+            self.files.insert(0, writer)
+
     def open(self, run: Any) -> None:
         for w in (self.stdout, *self.files):
-            w.run_id = run.id
+            if isinstance(w, _Writer):
+                w.run_id = run.id
         if run.resumed:
             for result in run.recorded() if self.files else ():
                 for w in self.files:
                     w.write(result)
-            for result in run.backlog():
+            for result in run.backlog() if self.stdout else ():
                 self.stdout.write(result)
 
     def write(self, result: Any) -> None:
-        self.stdout.write(result)
+        if self.stdout is not None:
+            self.stdout.write(result)
         for w in self.files:
             w.write(result)
 
     def close(self) -> None:
-        for w in self.files:
+        for w in [self.stdout, *self.files] if self.stdout else self.files:
             try:
                 w.close()
             except OSError:
                 pass  # already reported by the write that failed
-
-
-def _open_output(path: str) -> IO[str]:
-    try:
-        return open(path, "w", encoding="utf-8", errors="surrogateescape")
-    except OSError as e:
-        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def _quiet_stdout() -> None:
@@ -368,24 +421,33 @@ def _quiet_stdout() -> None:
 @click.command()
 @quiet_option
 @click.argument("image", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
+@output_options
 @click.option("--top-k", type=click.IntRange(min=1), help="Most matches listed [default: 5].")
 @click.option("--min-score", type=click.FloatRange(0, 1), help="Lowest score listed.")
 @click.option("--mode", type=click.Choice(["fast", "thorough"]), default="fast", show_default=True)
 @click.pass_obj
-def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | None, mode: str) -> None:
+def check(
+    app: App, image: str, fmt: str, output: str, top_k: int | None, min_score: float | None, mode: str
+) -> None:
     """Check one image against the catalog, moderator style.
 
-    Exit status: 0 a copy or near-duplicate was found, 1 no match, 2 the image or the
-    database could not be used (like grep).
+    Writes the image's record as scan does (json: the one object). Exit status: 0 a copy or
+    near-duplicate was found, 1 no match, 2 the image, the database or the output could not
+    be used (like grep).
     """
     from detector.scan.scanner import Scanner
 
     try:
+        out = open_output(output)
         with app.open_store(readonly=True) as store:
             scanner = Scanner(store, app.models, app.settings, mode=mode).reporting(top_k, min_score)
             result = next(scanner.scan([image]))
-        _Writer(fmt, sys.stdout).write(result)
+        writer = _Writer(fmt, out, owned=out is not sys.stdout, one=True)
+        writer.write(result)
+        writer.close()
+    except click.ClickException as e:
+        click.echo(f"Error: {e.message}", err=True)
+        sys.exit(EXIT_ERROR)
     except CopyscanError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_ERROR)
@@ -397,48 +459,50 @@ def check(app: App, image: str, fmt: str, top_k: int | None, min_score: float | 
     sys.exit(EXIT_MATCH if result.flagged else EXIT_NO_MATCH)
 
 
+_DEDUPE_COLUMNS = (
+    Column("group", right=True),
+    Column("images", right=True),
+    Column("score", right=True, text="{:.3f}".format),
+    Column("path"),
+)
+
+
 @click.command()
 @quiet_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
+@output_options
 @click.pass_obj
-def dedupe(app: App, paths: tuple[str, ...], fmt: str) -> None:
-    """Find groups of duplicate images inside one collection (no catalog needed)."""
+def dedupe(app: App, paths: tuple[str, ...], fmt: str, output: str) -> None:
+    """Find groups of duplicate images inside one collection (no catalog needed): stage-1
+    pairs by Hamming distance, reranked by CNN cosine.
+
+    jsonl and json: a record per group (its paths and the pairs that joined them); table and
+    csv: a row per image (its group, the group's size and its best score in the group).
+    """
     from detector.intake.sources import check_roots, expand_sources
     from detector.tasks.dedupe import find_duplicates
 
     with errors_to_click():
         check_roots(paths)
     files = expand_sources(paths)
-    with errors_to_click(), app.progress(len(files), "reading") as bar:
-        result = find_duplicates(files, app.models, app.settings, progress=bar.update)
-    for path, error in result.errors:
-        click.echo(f"error: {path}: {error}", err=True)
-    for n, group in enumerate(result.groups, 1):
-        if fmt == "jsonl":
-            click.echo(
-                json_text(
+    with errors_to_click(), listing(fmt, output, _DEDUPE_COLUMNS) as out:
+        with app.progress(len(files), "reading") as bar:
+            result = find_duplicates(files, app.models, app.settings, progress=bar.update)
+        for path, error in result.errors:
+            click.echo(f"error: {path}: {error}", err=True)
+        for n, group in enumerate(result.groups, 1):
+            if out.flat:
+                for path in group.paths:
+                    best = max((p.score for p in group.pairs if path in (p.a, p.b)), default=None)
+                    out.write({"group": n, "images": len(group.paths), "score": best, "path": path})
+            else:
+                out.write(
                     {
                         "group": n,
                         "paths": list(group.paths),
-                        "pairs": [
-                            {
-                                "a": p.a,
-                                "b": p.b,
-                                "hamming": p.hamming,
-                                "cosine": p.cosine,
-                                "score": p.score,
-                                "verdict": p.verdict,
-                            }
-                            for p in group.pairs
-                        ],
-                    },
+                        "pairs": [dataclasses.asdict(p) for p in group.pairs],
+                    }
                 )
-            )
-        else:
-            click.echo(f"group {n} ({len(group.paths)} images)")
-            for path in group.paths:
-                click.echo(f"    {display(path)}")
     app.say(f"{result.images} images, {len(result.groups)} duplicate groups, {len(result.errors)} errors")
     if result.errors:
         sys.exit(EXIT_PARTIAL)

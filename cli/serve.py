@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ import sys
 import click
 
 from cli.app import CLI_DEFAULTS, App, errors_to_click
+from cli.listing import Column, listing, output_options
 
 _SCOPE_CHOICES = click.Choice(["check", "admin", "all"])
 
@@ -171,16 +173,20 @@ def rotate(app: App, scope: str) -> None:
             app.say(f"note: ${var} is set and wins over the stored token in a server started with it")
 
 
+_TOKEN_COLUMNS = (Column("scope"), Column("source"), Column("created"))
+
+
 @token.command(name="list")
+@output_options
 @click.pass_obj
-def list_tokens(app: App) -> None:
-    """Where each scope's token comes from (never the token itself)."""
+def list_tokens(app: App, fmt: str, output: str) -> None:
+    """Where each scope's token comes from and when a stored one was made (never the token
+    itself)."""
     from detector.server.tokens import Tokens, TokenStore, given_tokens
 
-    with errors_to_click():
-        found = Tokens(TokenStore(app.db), given_tokens(os.environ)).info()
-    for info in found:
-        click.echo(f"{info.scope:<6} {info.source}{f'  made {info.created}' if info.created else ''}")
+    with errors_to_click(), listing(fmt, output, _TOKEN_COLUMNS) as out:
+        for info in Tokens(TokenStore(app.db), given_tokens(os.environ)).info():
+            out.write(dataclasses.asdict(info))
 
 
 def _log_to_stderr(quiet: bool) -> None:

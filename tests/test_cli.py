@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -145,7 +146,8 @@ def test_scan_csv_and_table_and_jsonl_side_file(demo_db, crawl_dir, tmp_path):
     assert rows[0]["verdict"] == "copy" and rows[0]["catalog_path"].endswith("chelsea.jpg")
     assert len(_records(side.read_text())) == 2
     table = run("--db", str(demo_db), "scan", str(crawl_dir / "chelsea-jpeg.jpg")).stdout
-    assert table.startswith("COPY") and "chelsea.jpg" in table
+    header, row = table.splitlines()
+    assert header.split()[:2] == ["VERDICT", "SCORE"] and row.startswith("copy") and "chelsea.jpg" in row
 
 
 def test_scan_records_the_run(db_copy, crawl_dir):
@@ -174,13 +176,14 @@ def test_check_exit_statuses(demo_db, crawl_dir):
 def test_catalog_list_stats_remove_and_rerun(db_copy, catalog_dir):
     listing = _records(run("--db", str(db_copy), "catalog", "list", "--format", "jsonl").stdout)
     assert len(listing) == 7 and listing[0]["phash"] == "c2924c5532bddfc8"  # astronaut, golden
-    assert "catalog images  7" in run("--db", str(db_copy), "catalog", "stats").stdout
+    assert json.loads(run("--db", str(db_copy), "catalog", "stats", "--format", "json").stdout)["images"] == 7
     again = run("--db", str(db_copy), "catalog", "add", str(catalog_dir))
     assert "added 0, already in catalog 7" in again.stdout
     removed = run("--db", str(db_copy), "catalog", "remove", str(listing[0]["id"]), listing[1]["path"])
     assert "removed 2" in removed.stdout
     assert "removed 5" in run("--db", str(db_copy), "catalog", "remove", "--owner", "Demo Rights").stdout
-    assert run("--db", str(db_copy), "catalog", "list").stdout == ""
+    empty = run("--db", str(db_copy), "catalog", "list").stdout
+    assert empty.split() == ["ID", "OWNER", "SIZE", "PHASH", "PATH"]  # the header row alone
     assert run("--db", str(db_copy), "catalog", "remove", ok=False).exit_code == 2
 
 
@@ -267,3 +270,62 @@ def test_thorough_mode_does_not_flag_unrelated_smooth_pictures(tmp_path, make_im
     flagged = {Path(r["query"]).name: r["matches"] for r in _records(out.stdout) if r["matches"]}
     assert list(flagged) == ["copy.jpg"], flagged
     assert Path(flagged["copy.jpg"][0]["catalog_path"]).name == "c3.jpg"
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_is_tqdm_with_a_rate_and_a_smoothed_eta(monkeypatch):
+    from tqdm import tqdm
+
+    from cli.app import PROGRESS_SMOOTHING, App
+
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    app = App(db="x.db", quiet=False, overrides={})
+    with app.progress(40, "scanning") as bar:
+        assert isinstance(bar, tqdm) and not bar.disable
+        assert bar.smoothing == PROGRESS_SMOOTHING < 0.3  # a moving average, steadier than tqdm's
+        for _ in range(40):
+            bar.update(1)
+        bar.refresh()
+        app.say("a status line")  # above the bar, which stays
+    shown = screen.getvalue()
+    assert "scanning" in shown and "40/40" in shown and "a status line\n" in shown
+    assert re.search(r"[\d.]+ images/s", shown), shown  # the rate
+    for quiet, terminal in ((True, _Terminal()), (False, io.StringIO())):
+        monkeypatch.setattr(sys, "stderr", terminal)
+        with App(db="x.db", quiet=quiet, overrides={}).progress(3, "scanning") as bar:
+            bar.update(3)
+        assert terminal.getvalue() == ""  # --quiet, or stderr not a terminal: no bar
+
+
+def test_a_status_line_while_the_model_loads(demo_db, crawl_dir):
+    out = run("--db", str(demo_db), "check", str(crawl_dir / "coffee-bright.jpg"), ok=False)
+    assert out.exit_code == EXIT_MATCH
+    loading, loaded = out.stderr.splitlines()[:2]
+    assert loading.startswith("loading the CNN model (EfficientNet-Lite0")
+    assert re.fullmatch(r"model loaded in \d+\.\d s", loaded)
+    quiet = run("--db", str(demo_db), "-q", "check", str(crawl_dir / "coffee-bright.jpg"), ok=False)
+    assert quiet.stderr == ""
+
+
+def test_help_and_the_package_describe_three_stages():
+    import tomllib
+
+    text = run("--help").stdout
+    assert all(f"stage {n}" in text.lower() for n in (1, 2, 3))
+
+    def walk(group: click.Group, prefix: list[str]):
+        for name, command in group.commands.items():
+            assert "two stages" not in run(*prefix, name, "--help").stdout.lower()
+            if isinstance(command, click.Group):
+                walk(command, [*prefix, name])
+
+    walk(cli, [])
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert "geometric" in project["description"] and "tqdm" in " ".join(project["dependencies"])

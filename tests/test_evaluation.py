@@ -61,6 +61,30 @@ def test_calibrate_reaches_the_asked_precisions():
     assert calibrate([(0.9, False)], 1) is None
 
 
+def test_a_calibration_on_too_few_pairs_says_why_it_is_unreliable():
+    from detector.tasks.evaluation import least_pairs
+
+    # the case: twenty copies, all found, a few look-alikes well below them
+    few = [(0.9 - i / 100, True) for i in range(20)] + [(0.3, False)] * 5
+    c = calibrate(few, 20)
+    assert c is not None and c.near_duplicate_threshold == c.copy_threshold
+    assert (c.copy_pairs, c.near_duplicate_pairs, c.wrong_pairs) == (20, 20, 5)
+    assert any("only 20 pairs score at or above the copy threshold" in w for w in c.warnings)
+    assert any("at least 300" in w for w in c.warnings)  # 99 %: the rule of three
+    assert any("only 5 wrong pairs" in w for w in c.warnings)
+    assert any("near-duplicate threshold equals the copy threshold" in w for w in c.warnings)
+    assert (least_pairs(0.99), least_pairs(0.95), least_pairs(1.0)) == (300, 60, 3000)
+
+
+def test_a_calibration_on_enough_pairs_has_no_warning():
+    rng = np.random.default_rng(1)
+    preds = [(float(s), True) for s in rng.uniform(0.5, 1.0, 600)]
+    preds += [(float(s), False) for s in rng.uniform(0.0, 0.7, 600)]
+    c = calibrate(preds, 600)
+    assert c is not None and c.warnings == ()
+    assert c.near_duplicate_threshold < c.copy_threshold and c.copy_pairs >= 300
+
+
 @pytest.fixture
 def tiny_db(tmp_path, catalog_dir):
     db = tmp_path / "tiny.db"
@@ -140,6 +164,36 @@ def test_evaluate_end_to_end_calibrates_and_scan_obeys(tiny_db, tmp_path, catalo
     wins = ["--set", "copy_threshold=0.5", "--set", "near_duplicate_threshold=0.4"]
     result = runner.invoke(cli, ["--db", str(tiny_db), *wins, "check", str(copy), "--format", "jsonl"])
     assert result.exit_code == 0 and json.loads(result.stdout)["matches"][0]["verdict"] == "copy"
+
+
+def test_settings_show_calibrated_thresholds_as_stored_with_the_calibrations_warning(tiny_db):
+    runner = CliRunner()
+    args = ["--db", str(tiny_db), "-q", "evaluate", "--sample", "4", "--held-out", "3", "--families",
+            "flip,border,jpeg", "--mode", "fast", "--format", "json", "--calibrate"]  # fmt: skip
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cal = json.loads(result.stdout)["calibration"]
+    assert cal["warnings"] and cal["copy_pairs"] == 12 == cal["near_duplicate_pairs"]
+    # twelve copies cannot show 99 % precision: said even under -q, and stored with the values
+    assert "warning: unreliable calibration: only 12 pairs" in result.stderr
+    shown = runner.invoke(cli, ["--db", str(tiny_db), "settings", "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    rows = {r["name"]: r for r in json.loads(shown.stdout)}
+    for name in ("copy_threshold", "near_duplicate_threshold"):
+        assert rows[name]["source"] == "stored"
+        assert rows[name]["value"] == pytest.approx(cal[name])
+        assert "only 12 pairs" in rows[name]["note"]
+    assert rows["top_k"]["source"] == "default" and rows["top_k"]["note"] is None
+    assert "unreliable calibration: only 12 pairs" in shown.stderr
+    table = runner.invoke(cli, ["--db", str(tiny_db), "settings"]).stdout.splitlines()
+    line = next(x for x in table if x.startswith("copy_threshold "))
+    assert line.split()[1:3] == [str(cal["copy_threshold"]), "stored"]
+    # --set wins over both stored values: the calibration's warning no longer applies
+    wins = ["--set", "copy_threshold=0.9", "--set", "near_duplicate_threshold=0.8"]
+    shown = runner.invoke(cli, ["--db", str(tiny_db), *wins, "settings", "--format", "jsonl"])
+    rows = {r["name"]: r for r in map(json.loads, shown.stdout.splitlines())}
+    assert (rows["copy_threshold"]["source"], rows["copy_threshold"]["value"]) == ("set", 0.9)
+    assert rows["copy_threshold"]["note"] is None and "warning" not in shown.stderr
 
 
 def embedder_id_default() -> str:

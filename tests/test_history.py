@@ -171,7 +171,9 @@ def test_resume_refuses_a_finished_run_and_a_changed_catalog(db, crawl_dir):
 def test_runs_lists_the_history(db, crawl_dir):
     run("--db", str(db), "scan", str(crawl_dir / "chelsea-jpeg.jpg"))
     out = run("--db", str(db), "runs")
-    assert "finished" in out.stdout and "1 images, 1 flagged, 0 errors" in out.stdout
+    header, row = out.stdout.splitlines()
+    assert header.split() == ["ID", "STATUS", "STARTED", "FINISHED", "MODE", "IMAGES", "FLAGGED", "ERRORS"]
+    assert row.split()[1] == "finished" and row.split()[-3:] == ["1", "1", "0"]
     (record,) = _records(run("--db", str(db), "runs", "--format", "jsonl").stdout)
     assert record["status"] == "finished" and record["mode"] == "fast" and record["args"]["images"] == 1
 

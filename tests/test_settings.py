@@ -3,7 +3,10 @@ in force with their sources, and the scan-state fingerprint that every setting i
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 import math
 
 import pytest
@@ -86,6 +89,44 @@ def test_the_command_line_refuses_a_bad_set_as_bad_usage(pair, tmp_path):
     result = CliRunner().invoke(cli, ["--db", str(tmp_path / "x.db"), "--set", pair, "runs"])
     assert result.exit_code == 2 and "--set" in result.output
     assert not (tmp_path / "x.db").exists()
+
+
+def test_settings_lists_the_values_in_effect_with_their_source(tmp_path):
+    db = tmp_path / "none.db"
+    args = ["--db", str(db), "--set", "copy_threshold=0.7", "--set", "blur_factors=2,4", "settings"]
+    result = CliRunner().invoke(cli, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert list(rows) == [name for name, _, _ in settings_table()]
+    assert (rows["copy_threshold"]["value"], rows["copy_threshold"]["source"]) == (0.7, SET)
+    assert (rows["blur_factors"]["value"], rows["blur_factors"]["source"]) == ([2, 4], SET)
+    assert (rows["top_k"]["value"], rows["top_k"]["source"]) == (5, DEFAULT)
+    assert rows["jobs"]["value"] == 0  # the command line's default: worker processes
+    assert rows["top_k"]["help"] and not db.exists()  # no database: defaults; none is made
+    table = CliRunner().invoke(cli, args).stdout.splitlines()
+    assert table[0].split() == ["NAME", "VALUE", "SOURCE", "HELP"]
+    assert next(x for x in table if x.startswith("copy_threshold ")).split()[1:3] == ["0.7", SET]
+    assert next(x for x in table if x.startswith("blur_factors ")).split()[1:3] == ["2,4", SET]
+
+
+def test_settings_reads_values_stored_in_the_database(tmp_path):
+    from detector.stage1.hashing import HASHER_ID
+    from detector.stage2.embedding import embedder_id
+    from detector.storage.store import Store
+
+    db = tmp_path / "s.db"
+    with Store.open(db, hasher=HASHER_ID, embedder=embedder_id(Settings()), create=True) as store:
+        store.saved_settings.save({"copy_threshold": 0.6073, "near_duplicate_threshold": 0.5})
+    result = CliRunner().invoke(cli, ["--db", str(db), "--set", "near_duplicate_threshold=0.4", "settings",
+                                      "--format", "csv"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(result.stdout))}
+    assert (rows["copy_threshold"]["value"], rows["copy_threshold"]["source"]) == ("0.6073", STORED)
+    assert (rows["near_duplicate_threshold"]["value"], rows["near_duplicate_threshold"]["source"]) == (
+        "0.4",
+        SET,
+    )
+    assert rows["copy_threshold"]["note"] == "" and "warning" not in result.stderr  # saved without notes
 
 
 def _valid(base: Settings, name: str, value: object) -> bool:

@@ -186,24 +186,6 @@ def optional(value: float | int | None) -> str:
     return "" if value is None else str(value)
 
 
-def table_lines(r: ScanResult) -> list[str]:
-    """Human-readable lines for one query: its verdict, then one indented line per match."""
-    query = display(r.query)
-    if r.status == "error":
-        return [f"{'ERROR':<14} {query}: {display(r.error or '')}"]
-    if not r.matches:
-        return [f"{'-':<14} {query}: no match"]
-    best = r.matches[0]
-    lines = [f"{best.verdict.upper():<14} {query}"]
-    for m in r.matches:
-        owner = f" [{display(m.owner)}]" if m.owner else ""
-        lines.append(
-            f"         {m.verdict:<14} score {m.score:.3f}  cos {m.cosine:.3f}  "
-            f"ham {m.hamming:>2}  #{m.catalog_id} {display(m.catalog_path)}{owner}"
-        )
-    return lines
-
-
 def region_text(region: Region | None) -> str | None:
     """A polygon as compact JSON text ``[[x, y], ...]`` (4 decimals), or None."""
     if region is None:

@@ -9,6 +9,7 @@ Build one Embedder per process and reuse it: the weights load in its constructor
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,17 +176,30 @@ def cpu_threads(n: int) -> None:
 
 
 class Models:
-    """Builds the embedder on first use and keeps it: the weights load once per process."""
+    """Builds the embedder on first use and keeps it: the weights load once per process.
 
-    def __init__(self, settings: Settings, factory: Callable[[Settings], Embedder] = Embedder) -> None:
+    ``loading``: where a front end says that the model loads (some seconds, torch's import
+    included): called with a description of the model, it returns a context manager that the
+    load runs inside (a status line before, the time taken after). Settable at any time before
+    the first use; the library itself says nothing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: Callable[[Settings], Embedder] = Embedder,
+        loading: Callable[[str], AbstractContextManager[object]] | None = None,
+    ) -> None:
         self.settings = settings
+        self.loading = loading
         self._factory = factory
         self._embedder: Embedder | None = None
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = self._factory(self.settings)
+            what = f"EfficientNet-Lite0, {self.settings.image_size} px"
+            with self.loading(what) if self.loading is not None else nullcontext():
+                self._embedder = self._factory(self.settings)
         return self._embedder
 
     def embed(self, images: Iterable[np.ndarray]) -> np.ndarray:

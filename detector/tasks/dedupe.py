@@ -1,5 +1,6 @@
-"""``dedupe``: duplicate groups inside one collection, with the same two stages as ``scan``
-(stage-1 pairs by Hamming radius, CNN rerank of those pairs only) and union-find to group.
+"""``dedupe``: duplicate groups inside one collection, with the first two of ``scan``'s three
+stages (stage-1 pairs by Hamming radius, CNN rerank of those pairs only; no geometric check)
+and union-find to group.
 Unusable and flat images are reported as errors and never join a group."""
 
 from __future__ import annotations

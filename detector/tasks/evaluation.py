@@ -16,6 +16,7 @@ The protocol:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -311,7 +312,10 @@ def _share(hits: np.ndarray, threshold: float | None) -> float:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Thresholds measured to give the asked precisions on an evaluation."""
+    """Thresholds measured to give the asked precisions on an evaluation. ``copy_pairs`` and
+    ``near_duplicate_pairs``: the predictions at or above each threshold; ``wrong_pairs``: the
+    predictions of a wrong catalog image, all scores; ``warnings``: why the thresholds should
+    not be trusted (empty when the evaluation was large enough to show the precisions)."""
 
     copy_threshold: float
     near_duplicate_threshold: float
@@ -319,6 +323,18 @@ class Calibration:
     near_duplicate_precision: float
     recall_copy: float
     recall_near_duplicate: float
+    copy_pairs: int = 0
+    near_duplicate_pairs: int = 0
+    wrong_pairs: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+def least_pairs(precision: float) -> int:
+    """The fewest pairs that can show a precision, by the rule of three: when none of n pairs
+    is wrong, the wrong share is below 3/n at 95 % confidence, so showing ``precision`` takes
+    n >= 3 / (1 - precision): 300 pairs for 99 %, 60 for 95 % (3,000 at most, for 99.9 % and
+    above, which no evaluation of this size shows)."""
+    return math.ceil(round(3 / max(1.0 - precision, 0.001), 6))
 
 
 def calibrate(
@@ -328,7 +344,10 @@ def calibrate(
     near_duplicate_precision: float = 0.95,
 ) -> Calibration | None:
     """The lowest thresholds whose precision reaches the asked levels; None when the copy
-    level cannot be reached on this evaluation."""
+    level cannot be reached on this evaluation. The calibration says why it is unreliable
+    (``warnings``) when too few pairs reach a threshold or too few wrong pairs were measured
+    to show the asked precision (:func:`least_pairs`), or when the near-duplicate threshold
+    collapses onto the copy threshold (no pair would ever be called a near-duplicate)."""
     preds = list(predictions)
     scores = np.array([p[0] for p in preds], dtype=np.float64)
     correct = np.array([p[1] for p in preds], dtype=bool)
@@ -338,4 +357,39 @@ def calibrate(
         return None
     if tn is None or tn > tc:
         tn, rn = tc, rc
-    return Calibration(tc, tn, copy_precision, near_duplicate_precision, rc, rn)
+    copy_pairs = int(np.sum(scores >= tc))
+    near_pairs = int(np.sum(scores >= tn))
+    wrong = int(np.sum(~correct))
+    warnings = []
+    for what, pairs, precision in (
+        ("the copy threshold", copy_pairs, copy_precision),
+        ("the near-duplicate threshold", near_pairs, near_duplicate_precision),
+    ):
+        if pairs < least_pairs(precision):
+            warnings.append(
+                f"only {pairs} pairs score at or above {what}: showing {precision:.0%} precision "
+                f"takes at least {least_pairs(precision)}; evaluate more attacked copies"
+            )
+    if wrong < least_pairs(copy_precision):
+        warnings.append(
+            f"only {wrong} wrong pairs were measured: where look-alikes start to score is known "
+            f"only from at least {least_pairs(copy_precision)}; evaluate more distractors"
+        )
+    if tn >= tc:
+        warnings.append(
+            f"the near-duplicate threshold equals the copy threshold ({tc:.4f}): no pair will be "
+            f"called a near-duplicate (no lower score found more copies at {near_duplicate_precision:.0%} "
+            "precision)"
+        )
+    return Calibration(
+        tc,
+        tn,
+        copy_precision,
+        near_duplicate_precision,
+        rc,
+        rn,
+        copy_pairs,
+        near_pairs,
+        wrong,
+        tuple(warnings),
+    )
