@@ -91,3 +91,29 @@ def test_bfloat16_descriptors_stay_close_to_float32(models, settings):
     bf16 = Embedder(settings.replace(cnn_bf16=True))
     cosines = (bf16.embed(images) * fp32.embed(images)).sum(axis=1)
     assert cosines.min() >= 0.98 and cosines.mean() >= 0.995, cosines
+
+
+def test_folding_batch_norm_keeps_the_networks_outputs():
+    import torch
+
+    from detector.stage2.embedding import weights_path
+    from detector.stage2.network import EfficientNetLite0
+
+    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    plain = EfficientNetLite0()
+    plain.load_state_dict(state, strict=True)
+    folded = EfficientNetLite0()
+    folded.load_state_dict(state, strict=True)
+    folded = folded.eval().folded()
+    assert not [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    images = [textured(s, (224, 224)) for s in range(3)] + [skimage.data.chelsea()[:224, :224]]
+    x = torch.from_numpy(np.stack(images).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        want, got = plain.eval().features(x), folded.features(x)
+        logits_want, logits_got = plain(x), folded(x)
+    assert want.abs().max() > 1  # the feature map is not trivially small
+    assert torch.allclose(want, got, atol=1e-4)
+    assert torch.allclose(logits_want, logits_got, atol=1e-4)
+    assert folded.folded() is folded  # folding twice changes nothing
+    with torch.inference_mode():
+        assert torch.allclose(folded.features(x), got, atol=0)
