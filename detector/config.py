@@ -130,6 +130,13 @@ class Settings:
         "matched with the query's grey image inverted (colour-inverted copies); above 1: never",
         ranged=(-1, 2),
     )
+    mirror_cosine: float = _setting(
+        0.7,
+        "stage 3: a candidate at this cosine or above that ORB does not confirm in the way its "
+        "probe matched is also matched mirrored (a mirrored crop found by the CNN, which barely "
+        "sees a mirror); above 1: never",
+        ranged=(-1, 2),
+    )
     sift_top: int = _setting(
         1,
         "stage 3: how many of the checked candidates SIFT also checks (the best first)",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from detector.config import Settings
 from detector.records import COPY, NEAR_DUPLICATE, NONE, Match
+from detector.stage1.hashing import IDENTITY, Transform
 from detector.stage1.index import Candidate
 from detector.stage2.descriptors import similarity
 from detector.stage3.verification import Evidence
@@ -107,7 +108,7 @@ def judge(
         cosine=round(cosine, 4),
         score=shown,
         verdict=verdict(shown, settings),
-        transform=str(c.transform),
+        transform=str(_transform(c, evidence)),
         inliers=inliers,
         query_region=None if evidence is None else evidence.query_region,
         catalog_region=None if evidence is None else evidence.catalog_region,
@@ -116,6 +117,15 @@ def judge(
         catalog_coverage=None if evidence is None else evidence.catalog_coverage,
         disagreement=() if evidence is None else evidence.disagreement,
     )
+
+
+def _transform(c: Candidate, evidence: Evidence | None) -> Transform:
+    """How the query was turned to match ``c``: as its probe matched (a candidate only the
+    embedding found: as it is; its closest probe is chance), or as stage 3 matched it."""
+    found = c.transform if c.within_radius else IDENTITY
+    if evidence is not None and evidence.turn is not None:
+        return found.turned(evidence.turn)
+    return found
 
 
 class ScoringStage:

@@ -59,11 +59,11 @@ def sharpness(rgb: np.ndarray) -> float:
 
 
 def test_family_lists() -> None:
-    assert len(FAMILIES) == 15 and len(set(FAMILIES)) == 15
-    assert set(GEOMETRIC) | set(PHOTOMETRIC) == set(FAMILIES) - {"combo"}
+    assert len(FAMILIES) == 16 and len(set(FAMILIES)) == 16
+    assert set(GEOMETRIC) | set(PHOTOMETRIC) == set(FAMILIES) - {"combo", "mirror-crop"}
     assert not set(GEOMETRIC) & set(PHOTOMETRIC)
     for family in FAMILIES:
-        assert callable(getattr(attacks, family))
+        assert callable(getattr(attacks, family.replace("-", "_")))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -84,7 +84,7 @@ def test_contract(family: str, img: np.ndarray) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_public_function_is_what_attack_dispatches_to(family: str, img: np.ndarray) -> None:
-    direct = getattr(attacks, family)(img, np.random.default_rng(5))
+    direct = getattr(attacks, family.replace("-", "_"))(img, np.random.default_rng(5))
     via = run(family, img, 5)
     assert direct.name == via.name
     np.testing.assert_array_equal(direct.rgb, via.rgb)
@@ -154,6 +154,14 @@ def test_crop_is_a_sub_array(img: np.ndarray) -> None:
         if "off-centre" not in a.name:
             assert abs((x0 + x1) - w) <= 1 and abs((y0 + y1) - h) <= 1
     assert where == {"centre", "off-centre"}
+
+
+def test_mirror_crop_is_a_mirrored_sub_array_keeping_a_third_or_more(img: np.ndarray) -> None:
+    for seed in range(20):
+        a = run("mirror-crop", img, seed)
+        x0, y0, x1, y1 = map(int, re.search(r"box=\((\d+), (\d+), (\d+), (\d+)\)", a.name).groups())
+        np.testing.assert_array_equal(a.rgb, np.fliplr(img[y0:y1, x0:x1]))
+        assert 0.35 <= (x1 - x0) * (y1 - y0) / (img.shape[0] * img.shape[1]) <= 0.73
 
 
 def test_flip_mirrors(img: np.ndarray) -> None:

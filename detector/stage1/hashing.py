@@ -131,6 +131,24 @@ def dihedral_image(a: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _mirrored_turns() -> dict[str, str]:
+    probe = np.arange(6).reshape(2, 3)
+    out = {}
+    for name in DIHEDRAL:
+        want = dihedral_image(probe, name)[:, ::-1]
+        out[name] = next(n for n in DIHEDRAL if np.array_equal(dihedral_image(probe, n), want))
+    return out
+
+
+_MIRRORED = _mirrored_turns()
+
+
+def mirrored(turn: str) -> str:
+    """The turn that shows what ``turn`` shows, mirrored left to right: the other orientation
+    a mirrored copy is matched in (``mirrored('identity') == 'hflip'``)."""
+    return _MIRRORED[turn]
+
+
 def undo_dihedral_points(points: Sequence[tuple[float, float]], name: str) -> tuple[tuple[float, float], ...]:
     """Points given as fractions of a transformed image's width and height, moved back to
     where they lie in the original image (the inverse of :func:`dihedral_image`)."""
@@ -189,6 +207,10 @@ class Transform:
 
     def __str__(self) -> str:
         return self.turn + ("+trim" if self.trimmed else "")
+
+    def turned(self, turn: str) -> Transform:
+        """This transform with another turn (stage 3 matched the query in that one)."""
+        return Transform(turn, self.trimmed)
 
     @classmethod
     def parse(cls, text: str) -> Transform:

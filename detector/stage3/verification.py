@@ -2,7 +2,8 @@
 
 The query's best ``verify_top`` candidates by stages 1 and 2 (those at least
 ``verify_floor``) are matched with ORB keypoints and an affine RANSAC
-(:mod:`detector.stage3.keypoints`), the query turned the way its probe matched. In thorough
+(:mod:`detector.stage3.keypoints`), the query turned the way its probe matched, and mirrored
+too where that fails and the CNN finds the pair close (``mirror_cosine``). In thorough
 mode a candidate the CNN finds close (``inverted_cosine``) but ORB does not confirm is also
 matched with the query's grey image inverted (a colour-inverted copy), and where ORB leaves
 one of the best ``sift_top`` short of ``inliers_full`` SIFT's inliers are counted too; a
@@ -23,7 +24,7 @@ from detector.config import THOROUGH, Settings
 from detector.intake.catalog_images import CatalogImages
 from detector.lru import LRU
 from detector.records import Region
-from detector.stage1.hashing import dihedral_image, undo_dihedral_points
+from detector.stage1.hashing import dihedral_image, mirrored, undo_dihedral_points
 from detector.stage2.descriptors import ranked
 from detector.stage2.embedding import degraded
 from detector.stage3.agreement import Agreement, compare
@@ -51,6 +52,7 @@ class Evidence:
     query_coverage: float | None = None  # the overlap's share of the query
     catalog_coverage: float | None = None  # and of the catalog image
     disagreement: tuple[Region, ...] = ()  # where the query disagrees (as its file is)
+    turn: str | None = None  # the turn the keypoints matched in, where not the candidate's own
 
     def confirms(self, settings: Settings) -> bool:
         """Whether the keypoints found more than chance agreement."""
@@ -100,25 +102,40 @@ class VerificationStage:
             catalog = self.catalog_keypoints(cid, path)
             if catalog is None:
                 continue
-            turn = c.turn
-            orb = verify(query.orb(turn), catalog, s)
+            orb = verify(query.orb(c.turn), catalog, s)
             if orb.keypoints < s.min_keypoints:
                 out[cid] = Evidence(None)
                 continue
-            close = round(case.cosines[cid], 4) >= s.inverted_cosine
-            inverted = False
-            if self.thorough and orb.inliers <= s.inliers_floor and close:
-                # a colour-inverted copy: its keypoints match the original's only once inverted back
-                found = verify(query.inverted(turn), catalog, s)
-                if found.keypoints >= s.min_keypoints and found.inliers > orb.inliers:
-                    orb, inverted = found, True
+            orb, turn, inverted = self._other_ways(orb, query, c.turn, catalog, round(case.cosines[cid], 4))
             sift = None
             if self.thorough and s.sift and rank < s.sift_top and orb.inliers < s.inliers_full:
                 sift = self._sift_verification(query, turn, cid, path, case.blurred)
-            out[cid] = self._evidence(orb, sift, query, turn, inverted, cid, path)
+            found_turn = turn if turn != c.turn else None
+            out[cid] = dataclasses.replace(
+                self._evidence(orb, sift, query, turn, inverted, cid, path), turn=found_turn
+            )
         if chosen and not out:
             return None
         return out
+
+    def _other_ways(
+        self, orb: Verification, query: _QueryKeypoints, turn: str, catalog: Features, cosine: float
+    ) -> tuple[Verification, str, bool]:
+        """ORB's match in the turn the probe found (``orb``) or, where that fails and the CNN
+        finds the pair close, mirrored (``mirror_cosine``: a mirrored copy the CNN found, blind
+        to mirrors as it nearly is) and in thorough mode inverted (``inverted_cosine``: a
+        colour-inverted copy, whose keypoints match the original's only once inverted back).
+        Returns the match kept, its turn and whether the query was inverted."""
+        s = self.settings
+        if orb.inliers <= s.inliers_floor and cosine >= s.mirror_cosine:
+            found = verify(query.orb(mirrored(turn)), catalog, s)
+            if found.keypoints >= s.min_keypoints and found.inliers > s.inliers_floor:
+                orb, turn = found, mirrored(turn)
+        if self.thorough and orb.inliers <= s.inliers_floor and cosine >= s.inverted_cosine:
+            found = verify(query.inverted(turn), catalog, s)
+            if found.keypoints >= s.min_keypoints and found.inliers > orb.inliers:
+                return found, turn, True
+        return orb, turn, False
 
     def _sift_verification(
         self, query: _QueryKeypoints, turn: str, cid: int, path: str, blurred: bool

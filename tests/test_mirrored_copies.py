@@ -1,0 +1,68 @@
+"""Stage 3 in the other orientation: a mirrored crop that only the CNN finds (its probes are
+too far off) is verified mirrored, reported as a copy with the mirror in its transform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import detector
+from detector.stage1.hashing import DIHEDRAL, dihedral_image, mirrored
+
+PICTURES = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg")
+
+
+@pytest.mark.parametrize("turn", sorted(DIHEDRAL))
+def test_mirrored_turn_shows_the_turned_image_mirrored(turn: str) -> None:
+    a = np.arange(12).reshape(3, 4)
+    assert np.array_equal(dihedral_image(a, mirrored(turn)), dihedral_image(a, turn)[:, ::-1])
+    assert mirrored(mirrored(turn)) == turn
+
+
+@pytest.fixture(scope="module")
+def mirrored_crops(tmp_path_factory: pytest.TempPathFactory, catalog_dir: Path) -> tuple[Path, list[Path]]:
+    out = tmp_path_factory.mktemp("mirrored")
+    with detector.open_catalog(out / "c.db", create=True) as catalog:
+        catalog.add([catalog_dir])
+    queries = []
+    for name in PICTURES:
+        rgb = np.asarray(Image.open(catalog_dir / name).convert("RGB"))
+        h, w = rgb.shape[:2]
+        corner = rgb[int(h * 0.3) :, int(w * 0.35) :]  # the bottom right, 45 % of the picture
+        queries.append(out / f"mirrored-{name}")
+        Image.fromarray(np.fliplr(corner)).save(queries[-1], quality=90)
+        Image.fromarray(corner).save(out / f"plain-{name}", quality=90)
+    return out / "c.db", queries
+
+
+def test_a_mirrored_off_centre_crop_is_a_copy_in_thorough_mode(mirrored_crops) -> None:
+    db, queries = mirrored_crops
+    with detector.open_catalog(db) as catalog:
+        for query in queries:
+            best = catalog.check(query, mode="thorough").matches[0]
+            assert Path(best.catalog_path).name == query.name.removeprefix("mirrored-")
+            assert best.verdict == "copy" and best.transform == "hflip" and best.inliers > 20
+            assert best.agreement is not None and best.agreement > 0.9
+            # the region is given as the file is: the plain crop's, mirrored
+            plain = catalog.check(query.with_name(query.name.replace("mirrored-", "plain-")), mode="thorough")
+            assert plain.matches[0].transform == "identity"
+            assert _centre(best.query_region)[0] == pytest.approx(
+                1 - _centre(plain.matches[0].query_region)[0], abs=0.1
+            )
+            assert _centre(best.query_region)[1] == pytest.approx(
+                _centre(plain.matches[0].query_region)[1], abs=0.1
+            )
+
+
+def test_without_the_mirrored_match_the_same_crops_are_missed(mirrored_crops) -> None:
+    db, queries = mirrored_crops
+    with detector.open_catalog(db, settings={"mirror_cosine": 2}) as catalog:
+        for query in queries:
+            assert all(m.verdict == "none" for m in catalog.check(query, mode="thorough").matches)
+
+
+def _centre(region) -> tuple[float, float]:
+    return float(np.mean([x for x, _ in region])), float(np.mean([y for _, y in region]))
