@@ -66,3 +66,29 @@ def test_without_the_mirrored_match_the_same_crops_are_missed(mirrored_crops) ->
 
 def _centre(region) -> tuple[float, float]:
     return float(np.mean([x for x, _ in region])), float(np.mean([y for _, y in region]))
+
+
+def test_a_mirrored_copy_of_a_mirror_symmetric_frame_is_not_taken_for_its_chance_fit(
+    tmp_path: Path, catalog_dir: Path
+) -> None:
+    # a picture in a mirror-symmetric frame: mirrored, the frame still fits as it is (hundreds
+    # of inliers) while the picture inside disagrees; the mirrored match is the copy
+    astronaut = np.asarray(Image.open(catalog_dir / "astronaut.jpg").convert("RGB").resize((400, 400)))
+    coffee = np.asarray(Image.open(catalog_dir / "coffee.jpg").convert("RGB").resize((240, 400)))
+    framed = np.concatenate([astronaut[:, :80], coffee, np.fliplr(astronaut[:, :80])], axis=1)
+    (tmp_path / "catalog").mkdir()
+    Image.fromarray(framed).save(tmp_path / "catalog" / "framed.png")
+    for name in ("chelsea.jpg", "rocket.jpg"):
+        (tmp_path / "catalog" / name).write_bytes((catalog_dir / name).read_bytes())
+    query = tmp_path / "query.jpg"
+    Image.fromarray(np.fliplr(framed)[30:]).save(query, quality=92)
+    with detector.open_catalog(tmp_path / "c.db", create=True) as catalog:
+        catalog.add([tmp_path / "catalog"])
+        best = catalog.check(query, mode="thorough").matches[0]
+        assert Path(best.catalog_path).name == "framed.png"
+        assert best.verdict == "copy" and best.transform == "hflip"
+        assert best.agreement is not None and best.agreement > 0.9 and best.inliers > 300
+    with detector.open_catalog(tmp_path / "c.db", settings={"mirror_cosine": 2, "min_score": 0.0}) as catalog:
+        chance = next(m for m in catalog.check(query, mode="thorough").matches if "framed" in m.catalog_path)
+        assert chance.transform == "identity" and chance.inliers > 100  # the frame's fit, as it is
+        assert chance.agreement is not None and chance.agreement < 0.6 and chance.verdict == "none"

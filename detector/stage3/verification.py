@@ -3,7 +3,8 @@
 The query's best ``verify_top`` candidates by stages 1 and 2 (those at least
 ``verify_floor``) are matched with ORB keypoints and an affine RANSAC
 (:mod:`detector.stage3.keypoints`), the query turned the way its probe matched, and mirrored
-too where that fails and the CNN finds the pair close (``mirror_cosine``). In thorough
+too where that fails, or fits but the aligned images disagree, and the CNN finds the pair close
+(``mirror_cosine``). In thorough
 mode a candidate the CNN finds close (``inverted_cosine``) but ORB does not confirm is also
 matched with the query's grey image inverted (a colour-inverted copy), and where ORB leaves
 one of the best ``sift_top`` short of ``inliers_full`` SIFT's inliers are counted too; a
@@ -106,14 +107,15 @@ class VerificationStage:
             if orb.keypoints < s.min_keypoints:
                 out[cid] = Evidence(None)
                 continue
-            orb, turn, inverted = self._other_ways(orb, query, c.turn, catalog, round(case.cosines[cid], 4))
+            cosine = round(case.cosines[cid], 4)
+            orb, turn, inverted = self._other_ways(orb, query, c.turn, catalog, cosine)
             sift = None
             if self.thorough and s.sift and rank < s.sift_top and orb.inliers < s.inliers_full:
                 sift = self._sift_verification(query, turn, cid, path, case.blurred)
-            found_turn = turn if turn != c.turn else None
-            out[cid] = dataclasses.replace(
-                self._evidence(orb, sift, query, turn, inverted, cid, path), turn=found_turn
-            )
+            found = self._evidence(orb, sift, query, turn, inverted, cid, path)
+            if found.disagrees(s) and turn == c.turn and cosine >= s.mirror_cosine:
+                found, turn = self._mirrored_if_it_agrees(found, query, turn, catalog, cid, path)
+            out[cid] = dataclasses.replace(found, turn=turn if turn != c.turn else None)
         if chosen and not out:
             return None
         return out
@@ -136,6 +138,22 @@ class VerificationStage:
             if found.keypoints >= s.min_keypoints and found.inliers > orb.inliers:
                 return found, turn, True
         return orb, turn, False
+
+    def _mirrored_if_it_agrees(
+        self, found: Evidence, query: _QueryKeypoints, turn: str, catalog: Features, cid: int, path: str
+    ) -> tuple[Evidence, str]:
+        """A fit whose aligned images disagree may be a mirrored copy's chance fit on mirror-
+        symmetric structure: the mirrored match's evidence and turn where it agrees more, else
+        ``found`` and ``turn`` as they are."""
+        s = self.settings
+        other = mirrored(turn)
+        orb = verify(query.orb(other), catalog, s)
+        if orb.keypoints < s.min_keypoints or orb.inliers <= s.inliers_floor:
+            return found, turn
+        alt = self._evidence(orb, None, query, other, False, cid, path)
+        if alt.agreement is None or (found.agreement is not None and alt.agreement <= found.agreement):
+            return found, turn
+        return alt, other
 
     def _sift_verification(
         self, query: _QueryKeypoints, turn: str, cid: int, path: str, blurred: bool
