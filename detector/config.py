@@ -133,8 +133,8 @@ class Settings:
     mirror_cosine: float = _setting(
         0.7,
         "stage 3: a candidate at this cosine or above that ORB does not confirm in the way its "
-        "probe matched is also matched mirrored (a mirrored crop found by the CNN, which barely "
-        "sees a mirror); above 1: never",
+        "probe matched, or whose fit disagrees, is also matched mirrored (a mirrored crop found "
+        "by the CNN, which barely sees a mirror); above 1: never",
         ranged=(-1, 2),
     )
     sift_top: int = _setting(
