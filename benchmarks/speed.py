@@ -34,7 +34,16 @@ import cv2
 import imagehash
 import numpy as np
 from PIL import Image
-from throughput import _cpu_seconds, _others_share, best_rates, hash_ours, hash_peer, load_sources, make_image
+from throughput import (
+    _cpu_seconds,
+    _others_share,
+    best_rates,
+    hash_ours,
+    hash_peer,
+    load_sources,
+    make_image,
+    print_load,
+)
 
 from detector.config import Settings
 from detector.intake.loader import decode
@@ -156,15 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for r in rows:
         print(f"{r.name:<{name_w}}  {r.ours:10.1f}  {r.peer:10.1f}  {r.ours / r.peer:9.2f}  {r.peer_name}")
     print()
-    cpu_end = _cpu_seconds()
-    wall = time.perf_counter() - started
-    if cpu_start is not None and cpu_end is not None:
-        others = max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1]))
-        share = others / (wall * (os.cpu_count() or 1))
-        flag = "  <- figures skewed by other processes" if share > 0.1 else ""
-        print(f"other processes used {others:.1f} CPU-s during the {wall:.0f} s run "
-              f"({100 * share:.0f}% of the machine){flag}")  # fmt: skip
-    print(f"total benchmark time {wall:.1f} s")
+    print_load(cpu_start, started)
 
 
 if __name__ == "__main__":

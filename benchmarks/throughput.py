@@ -358,6 +358,23 @@ def _cpu_seconds() -> tuple[float, float] | None:
     return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
 
 
+def print_load(cpu_start: tuple[float, float] | None, started: float) -> None:
+    """The run's last lines: the CPU other processes used since ``cpu_start`` (from
+    :func:`_cpu_seconds`; flagged when it skews the figures) and the run's wall time since
+    ``started`` (``time.perf_counter()``)."""
+    cpu_end = _cpu_seconds()
+    wall = time.perf_counter() - started
+    if cpu_start is not None and cpu_end is not None:
+        others = max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1]))
+        share = others / (wall * (os.cpu_count() or 1))
+        flag = "  <- figures skewed by other processes" if share > 0.1 else ""
+        print(
+            f"other processes used {others:.1f} CPU-s during the {wall:.0f} s run "
+            f"({100 * share:.0f}% of the machine){flag}"
+        )
+    print(f"total benchmark time {wall:.1f} s")
+
+
 def fmt_rate(x: float) -> str:
     return f"{x:10.1f}"
 
@@ -515,17 +532,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for note in notes:
             print(f"* {note}")
         print()
-        cpu_end = _cpu_seconds()
-        if cpu_start is not None and cpu_end is not None:
-            wall = time.perf_counter() - started
-            others = max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1]))
-            share = others / (wall * (os.cpu_count() or 1))
-            flag = "  <- figures skewed by other processes" if share > 0.1 else ""
-            print(
-                f"other processes used {others:.1f} CPU-s during the {wall:.0f} s run "
-                f"({100 * share:.0f}% of the machine){flag}"
-            )
-        print(f"total benchmark time {time.perf_counter() - started:.1f} s")
+        print_load(cpu_start, started)
     finally:
         if own_tmp:
             shutil.rmtree(root, ignore_errors=True)
