@@ -67,7 +67,8 @@ def display(text: str) -> str:
 
 def match_record(m: Match) -> dict[str, Any]:
     """One match as in the JSON Lines contract, plus the evidence: ``transform`` (how the
-    query was turned or cut when stage 1 matched it), ``inliers`` (stage-3 RANSAC inliers,
+    query was turned or cut to match: as its stage-1 probe matched, or as stage 3 matched it),
+    ``inliers`` (stage-3 RANSAC inliers,
     null when stage 3 did not run) and the matched regions, ``query_region`` and
     ``catalog_region`` (polygons ``[[x, y], ...]`` in fractions of each image's width and
     height; null without stage-3 evidence), ``agreement`` (the share of the aligned overlap
