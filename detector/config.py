@@ -131,7 +131,7 @@ class Settings:
         ranged=(-1, 2),
     )
     mirror_cosine: float = _setting(
-        0.7,
+        0.6,
         "stage 3: a candidate at this cosine or above that ORB does not confirm in the way its "
         "probe matched, or whose fit disagrees, is also matched mirrored (a mirrored crop found "
         "by the CNN, which barely sees a mirror); above 1: never",
