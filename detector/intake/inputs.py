@@ -21,8 +21,8 @@ from datetime import date, datetime
 from typing import IO, Any
 
 from detector.config import Settings
-from detector.errors import DecompressionBomb, MissingInput, UnreadablePath
-from detector.intake.loader import read_bytes
+from detector.errors import MissingInput, UnreadablePath
+from detector.intake.loader import read_bytes, within_size_limit
 
 FILE = "file"  # a file of its own: ``name`` is its path (``source`` empty)
 TAR = "tar"  # bytes ``size`` at offset ``at`` of the tar shard ``source``
@@ -172,17 +172,11 @@ class InputReader:
     def _checked(self, item: Input, data: bytes | None) -> bytes:
         if data is None:
             raise UnreadablePath(f"no image bytes for {item.name} in {item.source}")
-        if len(data) > self.settings.max_file_bytes:  # as read_bytes refuses a file
-            raise DecompressionBomb(
-                f"file is {len(data)} bytes, over the limit of {self.settings.max_file_bytes}"
-            )
+        within_size_limit(len(data), self.settings)  # as read_bytes refuses a file
         return data
 
     def _member(self, item: Input) -> bytes:
-        if item.size > self.settings.max_file_bytes:
-            raise DecompressionBomb(
-                f"file is {item.size} bytes, over the limit of {self.settings.max_file_bytes}"
-            )
+        within_size_limit(item.size, self.settings)  # before a byte of it is read
         if self._tar is None or self._tar[0] != item.source:
             self.close()
             try:

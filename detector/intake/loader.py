@@ -102,8 +102,7 @@ def read_bytes(path: str | os.PathLike[str], settings: Settings) -> bytes:
         raise UnreadablePath(f"not a usable file name: {os.fspath(path)!r}") from e
     if not stat.S_ISREG(st.st_mode):  # a FIFO or a device is never even opened
         raise UnreadablePath(f"not a regular file: {p}")
-    if st.st_size > settings.max_file_bytes:
-        raise DecompressionBomb(f"file is {st.st_size} bytes, over the limit of {settings.max_file_bytes}")
+    within_size_limit(st.st_size, settings)
     try:
         # The path may have been swapped since the stat (a crawl folder changes under a long
         # run): open without blocking, so a FIFO put there cannot hang the run, and judge what
@@ -120,6 +119,12 @@ def read_bytes(path: str | os.PathLike[str], settings: Settings) -> bytes:
         raise UnreadablePath(f"cannot read {p}: {e.strerror or e}") from e
 
 
+def within_size_limit(size: int, settings: Settings, what: str = "file") -> None:
+    """Raise :class:`DecompressionBomb` for an input of ``size`` bytes over ``max_file_bytes``."""
+    if size > settings.max_file_bytes:
+        raise DecompressionBomb(f"{what} is {size} bytes, over the limit of {settings.max_file_bytes}")
+
+
 def content_hash(data: bytes) -> str:
     """Hex sha256 of the bytes: the identity of an image's content."""
     return hashlib.sha256(data).hexdigest()
@@ -130,8 +135,7 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
 
     Raises a subclass of :class:`detector.errors.ImageError` for any bad input.
     """
-    if len(data) > settings.max_file_bytes:
-        raise DecompressionBomb(f"image is {len(data)} bytes, over the limit of {settings.max_file_bytes}")
+    within_size_limit(len(data), settings, "image")
     if not data:
         raise UnsupportedFormat("empty file")
     _check_declared_size(data, settings)
