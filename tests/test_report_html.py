@@ -24,8 +24,7 @@ from PIL import Image
 
 from detector.config import Settings
 from detector.errors import ReportError
-from detector.intake.inputs import Input, meta_text
-from detector.outputs import html as report_html
+from detector.intake.inputs import Input, InputReader, meta_text
 from detector.outputs.html import THUMB_SIDE, write_html
 from detector.outputs.records import CSV_COLUMNS
 from detector.outputs.report import Report, ReportRow, report_csv, report_json
@@ -428,13 +427,13 @@ def test_thousand_rows_decode_each_image_once(
         pair(i, crawl[i % len(crawl)], catalog[i % 3], 1 + i % 3, 0.4 + (i % 500) / 1000) for i in range(1000)
     )
     loads: list[str] = []
-    real_read = report_html.read_input
+    real_read = InputReader.read
 
-    def counting_read(image: str | Input, s: Settings) -> bytes:
-        loads.append(image if isinstance(image, str) else image.name)
-        return real_read(image, s)
+    def counting_read(reader: InputReader, image: Input) -> bytes:
+        loads.append(image.name)
+        return real_read(reader, image)
 
-    monkeypatch.setattr(report_html, "read_input", counting_read)
+    monkeypatch.setattr(InputReader, "read", counting_read)
     start = time.perf_counter()
     index = write_html(make_report(rows), tmp_path / "out", settings)
     elapsed = time.perf_counter() - start

@@ -29,7 +29,7 @@ from PIL import Image
 
 from detector.config import Settings
 from detector.errors import ImageError, ReportError
-from detector.intake.inputs import Input, read_input
+from detector.intake.inputs import Input, InputReader, as_input
 from detector.intake.loader import decode
 from detector.outputs.links import web_link
 from detector.outputs.records import display
@@ -75,13 +75,19 @@ class CatalogGroup:
 
 class ThumbWriter:
     """Writes thumbnails into one ``thumbs/`` folder, one file per image path (a path seen
-    again, under any id, reuses its first thumbnail or its first error)."""
+    again, under any id, reuses its first thumbnail or its first error). One reader for the
+    whole report keeps the shard open and the Parquet row group read between its images;
+    :meth:`close` lets them go."""
 
     def __init__(self, folder: Path, settings: Settings) -> None:
         self.folder = folder.resolve()
         self.settings = settings
         self.by_path: dict[str, Thumb] = {}
         self.written: set[str] = set()
+        self.reader = InputReader(settings)
+
+    def close(self) -> None:
+        self.reader.close()
 
     def thumb(self, image: str | Input, name: str) -> Thumb:
         """The thumbnail of ``image`` (a path, or an input read from a shard or a manifest),
@@ -93,7 +99,7 @@ class ThumbWriter:
 
     def _make(self, image: str | Input, name: str) -> Thumb:
         try:
-            rgb = decode(read_input(image, self.settings), self.settings).rgb
+            rgb = decode(self.reader.read(as_input(image)), self.settings).rgb
         except ImageError as e:
             return Thumb(None, error=str(e) or type(e).__name__)
         im = Image.fromarray(rgb, "RGB")
@@ -137,7 +143,10 @@ def write_html(report: Report, dest: Path, settings: Settings) -> Path:
     dest = Path(dest)
     folder = _prepare(dest)
     writer = ThumbWriter(folder, settings)
-    page = render_page(report, writer)
+    try:
+        page = render_page(report, writer)
+    finally:
+        writer.close()
     index = dest / "index.html"
     _write_text(index, page)
     writer.remove_stale()
