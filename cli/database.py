@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.app import App, errors_to_click
+from cli.app import App
+from cli.listing import output_file
 from detector.outputs.records import json_text
 
 
@@ -20,9 +21,5 @@ def datasette_metadata(app: App, output: str) -> None:
     described. Browse the database with: datasette copyscan.db -m metadata.json"""
     from detector.storage.datasette import datasette_metadata as describe
 
-    text = json_text(describe(Path(app.db).stem), indent=2) + "\n"
-    if output == "-":
-        click.echo(text, nl=False)
-        return
-    with errors_to_click():
-        Path(output).write_text(text, encoding="utf-8")
+    with output_file(output) as out:
+        out.write(json_text(describe(Path(app.db).stem), indent=2) + "\n")
