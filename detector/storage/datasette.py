@@ -22,7 +22,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "height": "height in pixels, upright",
             "phash": f"pHash, {_CODE}",
             "dhash": f"dHash, {_CODE}",
-            "embedding": "the CNN descriptor (float32 vector)",
+            "embedding": "the CNN descriptor (1,280 float16 values)",
             "added_at": "when it was added (UTC)",
             "external_id": "the id a client gave it when adding it over HTTP",
         },
