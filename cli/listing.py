@@ -80,6 +80,18 @@ def open_output(path: str | None) -> IO[str]:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from e
 
 
+def check_output(path: str | None) -> None:
+    """The one-line error :func:`open_output` would give for ``path``, now, without touching
+    what the file holds (a run refused later never empties the last run's output)."""
+    if path is None or path == "-":
+        return
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from e
+
+
 @contextmanager
 def output_file(path: str | None) -> Iterator[IO[str]]:
     """:func:`open_output` for a block: a file is closed at its end, stdout is left open."""

@@ -28,7 +28,7 @@ from cli.app import (
     quiet_option,
     wait_option,
 )
-from cli.listing import Column, Listing, listing, open_output, output_options
+from cli.listing import Column, Listing, check_output, listing, open_output, output_options
 from detector.errors import CopyscanError
 
 
@@ -265,7 +265,7 @@ def scan(
             chosen = {n: options[n] for n in _WHERE if ctx.get_parameter_source(n) != ParameterSource.DEFAULT}
             options = {**options, **stored, **chosen}
         cluster = _cluster(options)
-        outputs = _Outputs(options)  # opened before the run is recorded: a bad path costs no run
+        outputs = _Outputs(options)  # checked before the run is recorded: a bad path costs no run
         with exit_3_when_locked():
             if resume is not None:
                 run = ScanRun.resume(
@@ -353,7 +353,8 @@ def _cluster(options: dict[str, Any]) -> Any:
 
 class _Outputs:
     """Where a run's records go: the run's format to stdout or to its -o file, and the files it
-    names. Files are opened (and so checked) before the run starts; a resumed run writes each
+    names. Files are checked before the run starts and opened (emptied) once it has: a run
+    refused at its start leaves the last run's files as they were. A resumed run writes each
     file again from every result it recorded, and stdout gets the results that never reached it."""
 
     def __init__(self, options: dict[str, Any]) -> None:
@@ -361,12 +362,28 @@ class _Outputs:
         self.files: list[Any] = []
         self.fmt = str(options.get("format") or "table")
         self.stdout: _Writer | None = None
-        output = options.get("output")
-        self.main: IO[str] = open_output(output)
-        jsonl = options.get("jsonl")
+        for path in (options.get("output"), options.get("jsonl"), options.get("parquet_out")):
+            check_output(path)
+        if options.get("parquet_out"):
+            try:
+                import pyarrow.parquet  # noqa: F401  (ParquetResults needs it)
+            except ImportError as e:
+                need = "--parquet-out needs pyarrow: pip install 'copyscan[parquet]'"
+                raise click.ClickException(need) from e
+
+    def queries(self, files: Sequence[Any]) -> None:
+        """The run has started and its files are known: every output is opened, the writer in
+        the run's format first (a table's query column as wide as their paths)."""
+        main = open_output(self.options.get("output"))
+        writer = _Writer(self.fmt, main, owned=main is not sys.stdout, queries=_query_width(files))
+        if main is sys.stdout:
+            self.stdout = writer
+        else:
+            self.files.append(writer)
+        jsonl = self.options.get("jsonl")
         if jsonl:
             self.files.append(_Writer("jsonl", open_output(jsonl), owned=True))
-        parquet = options.get("parquet_out")
+        parquet = self.options.get("parquet_out")
         if parquet:
             from detector.outputs.parquet import ParquetResults
 
@@ -374,15 +391,6 @@ class _Outputs:
                 self.files.append(ParquetResults(parquet))
             except OSError as e:
                 raise click.ClickException(f"cannot write {parquet}: {e.strerror or e}") from e
-
-    def queries(self, files: Sequence[Any]) -> None:
-        """The run's files are known: the writer in the run's format starts (a table's query
-        column as wide as their paths)."""
-        writer = _Writer(self.fmt, self.main, owned=self.main is not sys.stdout, queries=_query_width(files))
-        if self.main is sys.stdout:
-            self.stdout = writer
-        else:
-            self.files.insert(0, writer)
 
     def open(self, run: Any) -> None:
         for w in (self.stdout, *self.files):

@@ -233,6 +233,18 @@ def test_unwritable_outputs_and_databases_fail_in_one_line(db, crawl, tmp_path):
     assert out.returncode == EXIT_FAILED and one_line(out.stderr), out.stderr
 
 
+def test_a_run_refused_at_its_start_leaves_the_last_runs_output_files_as_they_were(db, crawl, tmp_path):
+    outputs = {"-o": tmp_path / "scan.csv", "--jsonl": tmp_path / "scan.jsonl"}
+    for path in outputs.values():
+        path.write_text("last night's records\n")
+    args = [a for flag, path in outputs.items() for a in (flag, str(path))]
+    out = cli_run("--db", str(db), "scan", str(tmp_path / "unmounted"), "--format", "csv", *args)
+    assert out.exit_code == EXIT_FAILED and "input not found" in out.stderr
+    assert all(p.read_text() == "last night's records\n" for p in outputs.values())
+    cli_run("--db", str(db), *QUICK, "scan", str(crawl / "coffee-jpeg.jpg"), "--format", "csv", *args, code=0)
+    assert outputs["-o"].read_text().startswith("run_id,") and "coffee-jpeg" in outputs["--jsonl"].read_text()
+
+
 @contextmanager
 def small_disk(where: Path, megabytes: int) -> Iterator[Path]:
     """A tmpfs of the given size (root only; skipped elsewhere), unmounted afterwards."""
