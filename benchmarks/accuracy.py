@@ -275,6 +275,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             sets = json.loads((work / "queries.json").read_text())
             queries = _from_json(sets["attacks"])
             alike = _from_json(sets["lookalikes"]) if sets.get("lookalikes") else None
+            missing = [f for f in FAMILIES if f not in {q.family for q in queries.queries}]
+            if missing:  # families added since the queries were drawn: the same images, attacked
+                copied = {int(Path(q.path).name.split("-")[1]): q.catalog_id for q in queries.queries if q.catalog_id}
+                ids = [cid for _, cid in sorted(copied.items())] + sorted(queries.held_out)
+                more = build_queries(
+                    store, settings, work / "queries", sample=len(copied), held_out=len(queries.held_out),
+                    families=missing, seed=args.seed, chosen_ids=ids,
+                )  # fmt: skip
+                queries = QuerySet(queries.queries + more.queries, queries.held_out, queries.skipped)
+                (work / "queries.json").write_text(
+                    json.dumps(
+                        {"attacks": _to_json(queries), "lookalikes": _to_json(alike) if alike else None}
+                    )
+                )
         else:
             list(add_to_catalog(store, models, files, settings))
             queries = build_queries(  # drawn from the corpus images only, as without look-alikes

@@ -1,7 +1,7 @@
 """A crawl scanned in each mode beside a plain imagehash pass over the same files, whole processes.
 
     python benchmarks/crawl_vs_peer.py [--corpus /work/corpus] [--catalog 200] [--crawl 600] [--seed 0]
-        [--work DIR] [--sets small,1mp] [--modes fast,thorough] [--repeat 1]
+        [--work DIR] [--sets small,1mp] [--modes fast,thorough] [--repeat 1] [--set NAME=VALUE]...
 
 From the real images of ``--corpus`` (built by ``benchmarks/corpus.py``; nothing is downloaded)
 draws, with ``--seed``, a catalog of ``--catalog`` images and a crawl of ``--crawl`` images: a
@@ -272,11 +272,14 @@ def drop_db(db: Path) -> None:
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
+SETTINGS: list[str] = []  # --set NAME=VALUE options for every scan (parse_args fills it)
+
+
 def scan(work: Path, folder: Path, mode: str, label: str) -> tuple[Timing, Path]:
     """One whole ``copyscan scan`` process on a fresh database; (timing, its JSON Lines file)."""
     db = fresh_db(work, label)
     out = work / "runs" / f"{label}.jsonl"
-    argv = [*copyscan_argv(), "--db", str(db), "-q", "scan", str(folder), "--mode", mode]
+    argv = [*copyscan_argv(), "--db", str(db), *SETTINGS, "-q", "scan", str(folder), "--mode", mode]
     wall, cpu, _ = timed([*argv, "--format", "jsonl", "-o", str(out)], ok=(0, 4))
     drop_db(db)
     images = sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -397,7 +400,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--modes", default=",".join(MODES), help=f"scan modes, comma-separated: {', '.join(MODES)}"
     )
     ap.add_argument("--repeat", type=int, default=1, help="best (least wall time) of this many runs each")
+    ap.add_argument("--set", dest="changes", action="append", default=[], metavar="NAME=VALUE",
+                    help="an engine setting for every scan, as copyscan --set (e.g. insets=0)")  # fmt: skip
     args = ap.parse_args(argv)
+    SETTINGS[:] = [a for change in args.changes for a in ("--set", change)]
     args.sets = [s for s in args.sets.split(",") if s]
     args.modes = [m for m in args.modes.split(",") if m]
     if not args.sets or any(s not in SETS for s in args.sets):

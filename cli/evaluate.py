@@ -96,6 +96,7 @@ def evaluate(
     from detector.intake.sources import expand_sources
     from detector.tasks import evaluation as ev
     from detector.tasks.attacks import FAMILIES
+    from detector.tasks.pages import find_browser
 
     chosen = tuple(f.strip() for f in families.split(",")) if families else FAMILIES
     unknown = sorted(set(chosen) - set(FAMILIES))
@@ -103,6 +104,15 @@ def evaluate(
         raise click.BadParameter(
             f"unknown: {', '.join(unknown)}; known: {', '.join(FAMILIES)}", param_hint="--families"
         )
+    if "page" in chosen and find_browser() is None:
+        if families:
+            raise click.BadParameter(
+                "the page family renders web pages in headless Chromium, and none was found: install "
+                "it (Debian: apt-get install chromium) or set COPYSCAN_CHROMIUM",
+                param_hint="--families",
+            )
+        chosen = tuple(f for f in chosen if f != "page")
+        click.echo("note: no headless Chromium found; the page family is left out", err=True)
     if held_out is None:
         held_out = 0 if distractor_paths else sample
     modes = ("fast", "thorough") if mode == "both" else (mode,)

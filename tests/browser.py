@@ -18,20 +18,13 @@ from pathlib import Path
 
 import pytest
 
-BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+from detector.tasks.pages import BROWSERS, HEADLESS
+
+BROWSER_NAMES = BROWSERS
 SKIP_REASON = (
     "headless Chromium not found: install Debian's chromium (make test does this) to run the browser tests"
 )
 TIMEOUT_S = 60.0  # wall-clock limit of one browser run
-HEADLESS = (  # every run: no window, no sandbox (containers), a fresh profile's first run skipped
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-extensions",
-    "--mute-audio",
-)
 VIRTUAL_TIME_MS = 3000  # virtual time the page gets to run its scripts and load its images
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "blur",
     "border",
     "caption",
+    "collage",
     "colour",
     "combo",
     "crop",
@@ -39,6 +40,7 @@ __all__ = [
     "mirror_crop",
     "noise",
     "overlay",
+    "page",
     "perspective",
     "rotation",
     "screenshot",
@@ -47,8 +49,10 @@ __all__ = [
 FAMILIES: tuple[str, ...] = (
     "crop", "flip", "rotation", "border", "caption", "overlay", "screenshot",
     "perspective", "aspect", "colour", "blur", "noise", "jpeg", "downscale", "combo",
-    "mirror-crop",
+    "mirror-crop", "collage", "page",
 )  # fmt: skip
+# families that place the copy among other pictures (``others`` of :func:`attack`)
+AMONG_OTHERS: tuple[str, ...] = ("collage", "page")
 # combo draws its parts from these (a family added later stays out, so that the attacks drawn
 # for a seed stay what they were)
 GEOMETRIC: tuple[str, ...] = (
@@ -82,9 +86,17 @@ class Attacked:
     name: str
 
 
-def attack(rgb: np.ndarray, family: str, rng: np.random.Generator) -> Attacked:
+def attack(
+    rgb: np.ndarray, family: str, rng: np.random.Generator, others: Sequence[np.ndarray] = ()
+) -> Attacked:
     """A random attack of one family applied to (h, w, 3) uint8 RGB; deterministic for a given
-    rng state. Unknown family -> ``ValueError``."""
+    rng state (and ``others``). ``others``: pictures that are not copies of anything searched,
+    for the families that show the copy among other pictures (:data:`AMONG_OTHERS`; drawn
+    from the rng where none are given). Unknown family -> ``ValueError``."""
+    if family == "collage":
+        return collage(rgb, rng, others)
+    if family == "page":
+        return page(rgb, rng, others)
     if family not in _DISPATCH:
         raise ValueError(f"unknown attack family {family!r}; expected one of {', '.join(FAMILIES)}")
     return _DISPATCH[family](rgb, rng)
@@ -393,6 +405,110 @@ def aspect(rgb: np.ndarray, rng: np.random.Generator) -> Attacked:
     nw, nh = (round(w * f), h) if axis == "width" else (w, round(h * f))
     out = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
     return _done(rgb, out, "aspect", f"aspect {axis} x{f:.3f}")
+
+
+def collage(rgb: np.ndarray, rng: np.random.Generator, others: Sequence[np.ndarray] = ()) -> Attacked:
+    """The image as one cell of a collage of 2 to 9 pictures: a grid of 1x2 to 3x3 cells or
+    a big cell beside a column of 2 or 3, on a canvas 700-1600 px wide, cells separated by a
+    gutter of 2-16 px (white, black or a colour) or by none (70 %: pictures edge to edge).
+    Each cell is filled by its picture resized to cover it and cut to its shape (cells are
+    shaped like the copy within 15 %, so the copy keeps at least 85 % of each side). The
+    other cells hold ``others`` (or pictures drawn from the rng). The name ends with the
+    copy's cell ``box=(x0, y0, x1, y1)``."""
+    _check(rgb)
+    h, w = rgb.shape[:2]
+    layout = _pick(rng, ("1x2", "2x1", "2x2", "2x3", "3x2", "3x3", "big+2", "big+3"))
+    gutter = 0 if rng.random() < 0.3 else int(rng.integers(2, 17))
+    fill_name, fill = ("none", (0, 0, 0)) if gutter == 0 else _fill(rng)
+    width = int(rng.integers(700, 1601))
+    cells = _collage_cells(layout, width, w / h * float(rng.uniform(0.87, 1.15)), gutter)
+    canvas_w = max(x1 for _, _, x1, _ in cells) + gutter
+    canvas_h = max(y1 for _, _, _, y1 in cells) + gutter
+    out = np.empty((canvas_h, canvas_w, 3), np.uint8)
+    out[:] = fill
+    target = int(rng.integers(len(cells)))
+    for k, (x0, y0, x1, y1) in enumerate(cells):
+        if k == target:
+            picture = rgb
+        elif others:
+            picture = others[int(rng.integers(len(others)))]
+        else:
+            picture = _filler(rng)
+        out[y0:y1, x0:x1] = _cover(picture, x1 - x0, y1 - y0, rng)
+    x0, y0, x1, y1 = cells[target]
+    name = (
+        f"collage {layout} {canvas_w}x{canvas_h} gutter {gutter} {fill_name} cell {target + 1} of "
+        f"{len(cells)} ({(x1 - x0) / canvas_w:.0%} of the width) box=({x0}, {y0}, {x1}, {y1})"
+    )
+    return _done(rgb, out, "collage", name)
+
+
+def page(rgb: np.ndarray, rng: np.random.Generator, others: Sequence[np.ndarray] = ()) -> Attacked:
+    """The image inside a web page rendered by headless Chromium, among ``others`` (see
+    :func:`detector.tasks.pages.page`)."""
+    from detector.tasks.pages import page as rendered  # Chromium: only where it is asked for
+
+    return rendered(rgb, rng, others)
+
+
+def _collage_cells(layout: str, width: int, aspect: float, gutter: int) -> list[tuple[int, int, int, int]]:
+    """Cell boxes (x0, y0, x1, y1) of a collage ``width`` px wide whose cells are ``aspect``
+    (width / height) shaped, inside a ``gutter`` on every side."""
+    g = gutter
+    if layout.startswith("big+"):
+        n = int(layout[4:])
+        # a big cell of n small cells' height beside a column of n: widths big = n * small
+        small_h = (width - 3 * g) / (n + 1) / aspect
+        small_w = small_h * aspect
+        big_w, big_h = n * small_w + (n - 1) * g, n * small_h + (n - 1) * g
+        cells = [(g, g, g + round(big_w), g + round(big_h))]
+        x = g + round(big_w) + g
+        for i in range(n):
+            y = g + round(i * (small_h + g))
+            cells.append((x, y, x + round(small_w), y + round(small_h)))
+        return cells
+    rows, cols = (int(v) for v in layout.split("x"))
+    cw = (width - (cols + 1) * g) / cols
+    ch = cw / aspect
+    return [
+        (
+            g + round(c * (cw + g)),
+            g + round(r * (ch + g)),
+            g + round(c * (cw + g) + cw),
+            g + round(r * (ch + g) + ch),
+        )
+        for r in range(rows)
+        for c in range(cols)
+    ]
+
+
+def _cover(picture: np.ndarray, cw: int, ch: int, rng: np.random.Generator) -> np.ndarray:
+    """``picture`` resized to cover a ``cw`` x ``ch`` cell and cut to it (a random offset)."""
+    h, w = picture.shape[:2]
+    k = max(cw / w, ch / h)
+    size = (max(cw, round(w * k)), max(ch, round(h * k)))
+    big = cv2.resize(picture, size, interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+    x = int(rng.integers(0, size[0] - cw + 1))
+    y = int(rng.integers(0, size[1] - ch + 1))
+    return big[y : y + ch, x : x + cw]
+
+
+def _filler(rng: np.random.Generator) -> np.ndarray:
+    """A picture that copies nothing: smooth random colour fields with a few shapes on them,
+    (240-480, 320-640, 3) uint8."""
+    h, w = int(rng.integers(240, 481)), int(rng.integers(320, 641))
+    coarse = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3)).astype(np.uint8)
+    base = Image.fromarray(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC))
+    draw = ImageDraw.Draw(base)
+    for _ in range(int(rng.integers(3, 12))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        d = int(rng.integers(10, max(11, min(w, h) // 2)))
+        box = (x0, y0, x0 + d, y0 + int(d * rng.uniform(0.5, 1.5)))
+        if rng.random() < 0.5:
+            draw.ellipse(box, fill=_rgb_random(rng))
+        else:
+            draw.rectangle(box, fill=_rgb_random(rng))
+    return np.asarray(base)
 
 
 # ---------------------------------------------------------------------------- photometric

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -32,8 +33,9 @@ from detector.intake.workers import prepared_batches
 from detector.records import ScanResult
 from detector.scan.scanner import Scanner
 from detector.stage2.embedding import Models
+from detector.storage.catalog import CatalogEntry
 from detector.storage.store import Store
-from detector.tasks.attacks import FAMILIES, attack
+from detector.tasks.attacks import AMONG_OTHERS, FAMILIES, attack
 
 QUERY_QUALITY = 90  # attacked copies are written as JPEG, as crawled images mostly are
 
@@ -156,22 +158,31 @@ def build_queries(
     families: Sequence[str] = FAMILIES,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    chosen_ids: Sequence[int] | None = None,
 ) -> QuerySet:
     """Write attacked copies of ``sample`` catalog images (one per family each) and of
     ``held_out`` other catalog images (the hidden distractors) into ``dest`` as JPEG files;
     the files in ``distractor_paths`` join as they are. Catalog images that cannot be read
-    any more are skipped and listed. ``progress`` is called with 1 per catalog image done."""
+    any more are skipped and listed. ``progress`` is called with 1 per catalog image done.
+    ``chosen_ids``: the catalog images to attack, the ``sample`` first, then the
+    ``held_out`` (default: drawn by the seed), so that families added later attack the same
+    images as an earlier query set whatever was catalogued since."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown attack families: {', '.join(unknown)}")
-    rng = np.random.default_rng(seed)
-    entries = list(store.catalog.list())
-    order = rng.permutation(len(entries))
-    chosen = [entries[i] for i in order[: sample + held_out]]
+    if chosen_ids is None:
+        rng = np.random.default_rng(seed)
+        entries = list(store.catalog.list())
+        order = rng.permutation(len(entries))
+        chosen = [entries[i] for i in order[: sample + held_out]]
+    else:
+        found = store.catalog.entries(list(chosen_ids))
+        chosen = [found[cid] for cid in chosen_ids if cid in found]
     hidden = {e.id for e in chosen[sample:]}
     dest.mkdir(parents=True, exist_ok=True)
     queries: list[EvalQuery] = []
     skipped: list[str] = []
+    pool = _others(chosen[sample:], settings) if set(families) & set(AMONG_OTHERS) else {}
     for n, entry in enumerate(chosen):
         try:
             # Copies are made from the whole picture, as a copier would, not from the
@@ -181,8 +192,10 @@ def build_queries(
             skipped.append(f"{entry.path}: {type(e).__name__}: {e}")
             hidden.discard(entry.id)
             continue
+        others = [picture for cid, picture in pool.items() if cid != entry.id]
         for family in families:
-            attacked = attack(rgb, family, np.random.default_rng([seed, entry.id, FAMILIES.index(family)]))
+            rng = np.random.default_rng([seed, entry.id, FAMILIES.index(family)])
+            attacked = attack(rgb, family, rng, others)
             path = dest / f"{'copy' if entry.id not in hidden else 'other'}-{n:05d}-{family}.jpg"
             Image.fromarray(attacked.rgb).save(path, quality=QUERY_QUALITY)
             truth = None if entry.id in hidden else entry.id
@@ -191,6 +204,29 @@ def build_queries(
             progress(1)
     queries.extend(EvalQuery(str(p), None, "", "") for p in distractor_paths)
     return QuerySet(tuple(queries), frozenset(hidden), tuple(skipped))
+
+
+_POOL = 12  # hidden catalog images shown beside the copies in pages and collages
+_POOL_SIDE = 640  # at most this many pixels on their longer side
+
+
+def _others(hidden: Sequence[CatalogEntry], settings: Settings) -> dict[int, np.ndarray]:
+    """Pictures to show beside a copy in a page or a collage (:data:`AMONG_OTHERS`): the first
+    readable hidden catalog images, which copy nothing searched, by catalog id."""
+    out: dict[int, np.ndarray] = {}
+    for entry in hidden:
+        if len(out) >= _POOL:
+            break
+        try:
+            rgb = load_image(entry.path, settings.replace(decode_side=0)).rgb
+        except ImageError:
+            continue
+        h, w = rgb.shape[:2]
+        k = min(1.0, _POOL_SIDE / max(h, w))
+        if k < 1.0:
+            rgb = cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+        out[entry.id] = rgb
+    return out
 
 
 # --- running ------------------------------------------------------------------------------
