@@ -83,6 +83,11 @@ class Settings:
     trim: bool = _setting(
         True, "cut borders, caption bands and screenshot frames off before hashing and embedding"
     )
+    insets: int = _setting(
+        12,
+        "most pictures inside a query (a web page's, a collage's) searched as queries of their own; 0: none",
+        ranged=(0, 32),
+    )
     # stage 2
     image_size: int = _setting(224, "CNN input side in pixels", ranged=(32, 1024))
     gem_p: float = _setting(3.0, "GeM pooling exponent for the embedding", ranged=(0.5, 16))

@@ -13,8 +13,10 @@ from PIL import Image
 
 from detector.config import Settings
 from detector.errors import ImageError
-from detector.intake.framing import content_box
+from detector.intake.framing import Box, content_box
 from detector.intake.inputs import FILE, Input, InputReader, as_input
+from detector.intake.insets import FINE_SIDE, WORK_SIDE, find_insets, overlap
+from detector.intake.insets import MIN_SIDE as INSET_MIN_SIDE
 from detector.intake.loader import content_hash, decode
 from detector.stage1.hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
 from detector.stage2.embedding import resize_for_cnn
@@ -46,6 +48,7 @@ class Prepared:
     width: int = 0
     height: int = 0
     source: Input | None = None
+    insets: tuple[Inset, ...] = ()  # pictures inside this query, each prepared as a query
 
     @property
     def ok(self) -> bool:
@@ -57,6 +60,28 @@ class Prepared:
         if self.small is None:
             raise ValueError(f"{self.path} has no decoded image")
         return self.small
+
+
+@dataclass(frozen=True)
+class Inset:
+    """A picture inside a query (:mod:`detector.intake.insets`): where it lies, as fractions
+    of the query's width and height (``left``, ``top``, ``right``, ``bottom``), and the picture
+    prepared as a query of its own (codes, probes, CNN input and grey image; no insets)."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    query: Prepared
+
+    @property
+    def area(self) -> float:
+        """The inset's share of the query."""
+        return (self.right - self.left) * (self.bottom - self.top)
+
+    def outside(self, x: float, y: float) -> tuple[float, float]:
+        """A point given as fractions of the inset, as fractions of the query."""
+        return self.left + x * (self.right - self.left), self.top + y * (self.bottom - self.top)
 
 
 @dataclass(frozen=True)
@@ -133,23 +158,44 @@ def prepare_batch(
 
 def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings, catalog: bool = False) -> Prepared:
     """Decode one image's bytes and compute its codes, probes and CNN-sized copy; with
-    ``catalog``, also the extra codes a catalog image is stored with (:data:`CENTRE_CROPS`)."""
+    ``catalog``, also the extra codes a catalog image is stored with (:data:`CENTRE_CROPS`);
+    a query also gets the pictures inside it (:attr:`Prepared.insets`)."""
     try:
         image = decode(data, settings, sha256=sha)
     except ImageError as e:
         return Prepared(path=path, sha256=sha, error=_describe(e))
     rgb = image.rgb
-    grey = verify_grey(rgb, settings) if settings.verify else None
     turns = tuple(DIHEDRAL) if settings.dihedral else ("identity",)
+    box = content_box(rgb) if settings.trim else None
+    prepared = _prepare_rgb(path, sha, rgb, box, settings, turns, catalog)
+    whole = (image.width, image.height) == (rgb.shape[1], rgb.shape[0])
+    insets = () if catalog else _insets(path, None if whole else data, sha, rgb, image.width, box, settings)
+    return replace(prepared, width=image.width, height=image.height, insets=insets)
+
+
+def _prepare_rgb(
+    path: str,
+    sha: str,
+    rgb: np.ndarray,
+    box: Box | None,
+    settings: Settings,
+    turns: tuple[str, ...],
+    catalog: bool = False,
+    inset: bool = False,
+) -> Prepared:
+    """Codes, probes (in ``turns``, of the image and of its content ``box``), CNN input and
+    stage-3 grey of a decoded image; ``inset``: it is a picture inside a query."""
+    grey = verify_grey(rgb, settings) if settings.verify else None
     probes = dihedral_probes(_grey(rgb), turns)
     codes = Codes(probes[0].phash, probes[0].dhash or 0)
-    box = content_box(rgb) if settings.trim else None
     box_codes = None
     if box is not None:
         rgb = box.cut(rgb)
         box_probes = dihedral_probes(_grey(rgb), turns, trimmed=True)
         box_codes = Codes(box_probes[0].phash, box_probes[0].dhash or 0)
         probes += box_probes
+    if inset:
+        probes = [replace(p, transform=replace(p.transform, inset=True)) for p in probes]
     variants: list[tuple[str, Codes]] = []
     if catalog:
         if box_codes is not None:
@@ -166,9 +212,57 @@ def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings, catalog:
         variants=tuple(variants),
         small=small,
         grey=grey,
-        width=image.width,
-        height=image.height,
+        width=rgb.shape[1],
+        height=rgb.shape[0],
     )
+
+
+# An inset is searched as it is and mirrored: pictures in pages and collages are rarely turned.
+INSET_TURNS = ("identity", "hflip")
+
+
+def _insets(
+    path: str,
+    data: bytes | None,
+    sha: str,
+    rgb: np.ndarray,
+    file_width: int,
+    box: Box | None,
+    settings: Settings,
+) -> tuple[Inset, ...]:
+    """The pictures inside a query (at most ``settings.insets``), each prepared as a query of
+    its own. ``data``: the file's bytes where the first decode was reduced; where that decode
+    shows a layout (insets, or flat margins: a page's background, a collage's gutter) the file
+    is decoded again whole and cut on a finer copy (a gutter of a few pixels, or a picture at
+    a tenth of a page's width, needs them all). None that is the content box where that is
+    most of the image (a letterboxed photo: searched already; a small box is better compared
+    as an inset, at its own resolution)."""
+    limit = settings.insets
+    if limit <= 0:
+        return ()
+    full = rgb
+    found = find_insets(rgb, limit, min_side=max(2, round(INSET_MIN_SIDE * rgb.shape[1] / file_width)))
+    if data is not None and (found or box is not None):
+        try:
+            full = decode(data, settings.replace(decode_side=0), sha256=sha).rgb
+            found = find_insets(full, limit, work_sides=(WORK_SIDE, FINE_SIDE))
+            box = content_box(full) if box is not None else None
+        except ImageError:  # decoded once already: keep that decode
+            full = rgb
+    h, w = full.shape[:2]
+    if box is not None and box.width * box.height >= _BOX_SEARCHED * w * h:
+        found = [b for b in found if overlap(b, box) < _SAME_AS_BOX]
+    out = []
+    for b in found:
+        part = np.ascontiguousarray(b.cut(full))
+        inner = content_box(part) if settings.trim else None
+        query = _prepare_rgb(path, sha, part, inner, settings, INSET_TURNS, inset=True)
+        out.append(Inset(b.left / w, b.top / h, b.right / w, b.bottom / h, query))
+    return tuple(out)
+
+
+_SAME_AS_BOX = 0.8  # an inset overlapping the content box this much is that box
+_BOX_SEARCHED = 0.4  # a content box covering this share of the query is searched well as it is
 
 
 def cnn_view(rgb: np.ndarray, settings: Settings) -> np.ndarray:

@@ -34,6 +34,7 @@ class Case:
     rivals: dict[int, float] | None = None
     evidence: dict[int, Evidence] | None = None
     matches: tuple[Match, ...] = ()
+    inset_candidates: int = 0  # candidates its insets had (the chain merges their matches in)
 
     def result(self) -> ScanResult:
         """The case as the record every output takes."""
@@ -47,7 +48,7 @@ class Case:
             sha256=p.sha256,
             phash=p.codes.phash,
             dhash=p.codes.dhash,
-            candidates=len(self.candidates),
+            candidates=len(self.candidates) + self.inset_candidates,
             embedded=self.embedded,
             source=p.source,
         )

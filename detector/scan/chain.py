@@ -28,6 +28,7 @@ from detector.intake.prepare import Prepared
 from detector.records import ScanResult
 from detector.scan.case import Case
 from detector.scan.catalog import LoadedCatalog
+from detector.scan.insets import in_query, merged
 from detector.scoring import ScoringStage
 from detector.stage1.candidates import CandidateStage
 from detector.stage2.descriptors import DescriptorStage
@@ -54,13 +55,25 @@ class Chain:
         )
 
     def run(self, batch: Sequence[Prepared]) -> list[ScanResult]:
-        """One result per prepared query, in order; unusable queries give their error."""
+        """One result per prepared query, in order; unusable queries give their error. The
+        pictures inside a query (its insets) run through the stages beside it, as queries of
+        their own, and what they match is the query's."""
         cases = [Case(p) for p in batch]
         try:
-            self._fill([c for c in cases if c.query.ok])
+            self._fill_with_insets([c for c in cases if c.query.ok])
         except _Failed:
             cases = [self._alone(p) if p.ok else Case(p) for p in batch]
         return [c.result() for c in cases]
+
+    def _fill_with_insets(self, cases: list[Case]) -> None:
+        parts = [(case, inset, Case(inset.query)) for case in cases for inset in case.query.insets]
+        self._fill(cases + [part for _, _, part in parts])
+        for case, inset, part in parts:
+            case.inset_candidates += len(part.candidates)
+            case.embedded = case.embedded or part.embedded
+            if part.matches:
+                found = tuple(in_query(m, inset) for m in part.matches)
+                case.matches = merged(case.matches, found, self.settings)
 
     def _fill(self, cases: list[Case]) -> None:
         for stage in self.stages:
@@ -73,7 +86,7 @@ class Chain:
         """One query through the stages by itself; its error when a stage fails on it."""
         case = Case(query)
         try:
-            self._fill([case])
+            self._fill_with_insets([case])
         except _Failed as e:
             return Case(Prepared(query.path, sha256=query.sha256, error=f"StageFailure: {e}"))
         return case

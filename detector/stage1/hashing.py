@@ -195,30 +195,33 @@ def _dihedral_dhash(bits: np.ndarray, name: str) -> np.ndarray | None:
 @dataclass(frozen=True)
 class Transform:
     """How a query was changed before one of its probes was computed: ``turn``, one of the
-    :data:`DIHEDRAL` flips and quarter turns, and ``trimmed``, cut to its content box first.
-    Written as ``'rot90+trim'`` in every record (:meth:`parse` reads it back)."""
+    :data:`DIHEDRAL` flips and quarter turns; ``trimmed``, cut to its content box first;
+    ``inset``, a picture inside the query searched on its own (:mod:`detector.intake.insets`).
+    Written as ``'rot90+trim'`` or ``'identity+inset'`` in every record (:meth:`parse` reads
+    it back)."""
 
     turn: str = "identity"
     trimmed: bool = False
+    inset: bool = False
 
     def __post_init__(self) -> None:
         if self.turn not in DIHEDRAL:
             raise ValueError(f"unknown turn {self.turn!r}")
 
     def __str__(self) -> str:
-        return self.turn + ("+trim" if self.trimmed else "")
+        return self.turn + ("+trim" if self.trimmed else "") + ("+inset" if self.inset else "")
 
     def turned(self, turn: str) -> Transform:
         """This transform with another turn (stage 3 matched the query in that one)."""
-        return Transform(turn, self.trimmed)
+        return Transform(turn, self.trimmed, self.inset)
 
     @classmethod
     def parse(cls, text: str) -> Transform:
         """The transform a record names (``'hflip'``, ``'identity+trim'``, ...)."""
-        turn, _, rest = text.partition("+")
-        if rest not in ("", "trim"):
+        turn, *rest = text.split("+")
+        if rest not in ([], ["trim"], ["inset"], ["trim", "inset"]):
             raise ValueError(f"unknown transform {text!r}")
-        return cls(turn, rest == "trim")
+        return cls(turn, "trim" in rest, "inset" in rest)
 
 
 IDENTITY = Transform()  # the query as it is

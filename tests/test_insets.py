@@ -1,0 +1,259 @@
+"""Insets: pictures shown inside a query (a web page, a collage) are found by cutting its
+layout apart, searched as queries of their own, and reported in the query's frame."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+import detector
+from detector.config import Settings
+from detector.intake.framing import Box
+from detector.intake.insets import find_insets, overlap
+from detector.intake.prepare import Inset, Prepared, prepare_bytes
+from detector.records import Match
+from detector.scan.insets import in_query, merged
+from detector.stage1.hashing import Transform
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOG = ROOT / "fixtures" / "catalog"
+NAMES = ("astronaut", "chelsea", "coffee", "rocket", "retina", "immunohistochemistry", "hubble_deep_field")
+
+
+def picture(name: str) -> np.ndarray:
+    return np.asarray(Image.open(CATALOG / f"{name}.jpg").convert("RGB"))
+
+
+def fitted(rgb: np.ndarray, width: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (width, round(width * h / w)), interpolation=cv2.INTER_AREA)
+
+
+def page_with(rgb: np.ndarray, share: float = 0.2, wrap: bool = False) -> tuple[np.ndarray, Box]:
+    """A 1,200 x 900 web page drawn like a news site: a dark masthead, a navigation column of
+    links, paragraphs of text, and the picture at ``share`` of the page width, either in a
+    column of its own or (``wrap``) with the text flowing beside and under it."""
+    page = Image.new("RGB", (1200, 900), (255, 255, 255))
+    draw = ImageDraw.Draw(page)
+    font = ImageFont.load_default(size=15)
+    draw.rectangle((0, 0, 1199, 59), fill=(30, 40, 60))
+    draw.text((24, 18), "The Daily Example", font=font, fill=(255, 255, 255))
+    for k in range(14):
+        draw.text((24, 90 + 28 * k), f"section {k}", font=font, fill=(40, 90, 200))
+    shown = fitted(rgb, round(share * 1200))
+    x, y = 260, 110
+    text_x = x + shown.shape[1] + 24 if wrap else 260
+    text_y = 110 if wrap else y + shown.shape[0] + 24
+    words = "a copy shown small in a page is still a copy and the rights holder wants to know "
+    for k in range(22):
+        line_x = text_x if (not wrap or 110 + 22 * k < y + shown.shape[0] + 16) else 260
+        draw.text((line_x, text_y + 22 * k), (words * 2)[: 60 + k % 9], font=font, fill=(20, 20, 20))
+    out = np.array(page)
+    out[y : y + shown.shape[0], x : x + shown.shape[1]] = shown
+    return out, Box(x, y, x + shown.shape[1], y + shown.shape[0])
+
+
+def collage_of(
+    names: tuple[str, ...], cols: int, gutter: int, colour: tuple[int, int, int] = (255, 255, 255)
+) -> tuple[np.ndarray, list[Box]]:
+    """The pictures in a grid of ``cols`` columns, cells 300 x 220, ``gutter`` pixels apart."""
+    rows = -(-len(names) // cols)
+    cw, ch = 300, 220
+    out = np.empty((rows * ch + (rows + 1) * gutter, cols * cw + (cols + 1) * gutter, 3), np.uint8)
+    out[:] = colour
+    boxes = []
+    for k, name in enumerate(names):
+        r, c = divmod(k, cols)
+        x, y = gutter + c * (cw + gutter), gutter + r * (ch + gutter)
+        out[y : y + ch, x : x + cw] = cv2.resize(picture(name), (cw, ch), interpolation=cv2.INTER_AREA)
+        boxes.append(Box(x, y, x + cw, y + ch))
+    return out, boxes
+
+
+def best_overlap(found: list[Box], truth: Box) -> float:
+    return max((overlap(b, truth) for b in found), default=0.0)
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- finding them
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "rocket"])
+def test_a_picture_in_a_page_is_found(name: str) -> None:
+    page, truth = page_with(picture(name), share=0.2)
+    assert best_overlap(find_insets(page, 8), truth) >= 0.8
+
+
+def test_a_picture_the_text_flows_around_is_found() -> None:
+    page, truth = page_with(picture("coffee"), share=0.25, wrap=True)
+    assert best_overlap(find_insets(page, 8), truth) >= 0.8
+
+
+@pytest.mark.parametrize("gutter,colour", [(8, (255, 255, 255)), (12, (0, 0, 0)), (4, (90, 200, 170))])
+def test_every_cell_of_a_collage_with_gutters_is_found(gutter: int, colour: tuple[int, int, int]) -> None:
+    image, cells = collage_of(
+        ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field"), 3, gutter, colour
+    )
+    found = find_insets(image, 8)
+    assert [round(best_overlap(found, c), 2) >= 0.8 for c in cells] == [True] * len(cells)
+
+
+def test_pictures_pasted_edge_to_edge_are_cut_at_their_seam() -> None:
+    image, cells = collage_of(("astronaut", "coffee"), 2, 0)
+    found = find_insets(image, 8)
+    assert all(best_overlap(found, c) >= 0.8 for c in cells)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_plain_photo_has_no_inset(name: str) -> None:
+    assert find_insets(picture(name), 8) == []
+
+
+def test_insets_are_bounded_inside_the_image_and_distinct() -> None:
+    image, _ = collage_of(("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field"), 3, 8)
+    h, w = image.shape[:2]
+    for limit in (0, 1, 3, 8):
+        found = find_insets(image, limit)
+        assert len(found) <= limit
+        for b in found:
+            assert 0 <= b.left < b.right <= w and 0 <= b.top < b.bottom <= h
+    found = find_insets(image, 8)
+    assert all(overlap(a, b) < 0.7 for k, a in enumerate(found) for b in found[k + 1 :])
+
+
+def test_a_query_is_prepared_with_its_insets_from_the_whole_decode() -> None:
+    page, truth = page_with(picture("astronaut"), share=0.15)
+    big = cv2.resize(page, (2400, 1800), interpolation=cv2.INTER_CUBIC)  # decoded at 1/2 or less
+    settings = Settings()
+    p = prepare_bytes("page.jpg", jpeg(big), "sha", settings)
+    assert p.ok and p.insets
+    best = max(
+        p.insets,
+        key=lambda i: overlap(
+            Box(round(i.left * 1200), round(i.top * 900), round(i.right * 1200), round(i.bottom * 900)), truth
+        ),
+    )
+    # cut from the whole 2,400 px decode, not from the reduced one (about 360 px wide, not 180)
+    assert best.query.width >= 300
+    assert all(str(pr.transform).endswith("+inset") for pr in best.query.probes)
+    assert not best.query.insets
+    assert not prepare_bytes("page.jpg", jpeg(big), "sha", settings.replace(insets=0)).insets
+    catalog_side = prepare_bytes("page.jpg", jpeg(big), "sha", settings, catalog=True)
+    assert not catalog_side.insets  # a catalog image is what is searched for, not a query
+
+
+# ---------------------------------------------------------------------------- their matches
+
+
+def test_transform_names_an_inset_and_reads_back() -> None:
+    for t in (Transform("identity", inset=True), Transform("hflip", True, True), Transform("rot90")):
+        assert Transform.parse(str(t)) == t
+    assert str(Transform("hflip", True, True)) == "hflip+trim+inset"
+    with pytest.raises(ValueError):
+        Transform.parse("identity+inset+trim")
+
+
+def _match(cid: int, score: float, **kw: object) -> Match:
+    return Match(
+        catalog_id=cid,
+        catalog_path=f"{cid}.jpg",
+        owner=None,
+        hamming=3,
+        cosine=0.9,
+        score=score,
+        verdict="copy",
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_an_inset_match_is_put_in_the_query_frame() -> None:
+    inset = Inset(0.5, 0.25, 0.75, 0.75, Prepared("q"))
+    m = _match(
+        1, 0.9, transform="identity+inset", query_region=((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)),
+        query_coverage=0.8, disagreement=(((0.5, 0.5), (1.0, 0.5), (1.0, 1.0)),),
+    )  # fmt: skip
+    out = in_query(m, inset)
+    assert out.query_region == ((0.5, 0.25), (0.75, 0.25), (0.75, 0.75), (0.5, 0.75))
+    assert out.query_coverage == pytest.approx(0.8 * 0.125)
+    assert out.disagreement == (((0.625, 0.5), (0.75, 0.5), (0.75, 0.75)),)
+    # stage 3 drew no region: the inset itself is what was compared
+    assert in_query(_match(1, 0.5), inset).query_region == (
+        (0.5, 0.25),
+        (0.75, 0.25),
+        (0.75, 0.75),
+        (0.5, 0.75),
+    )
+
+
+def test_a_catalog_image_found_twice_keeps_its_better_match() -> None:
+    own = (_match(1, 0.6), _match(2, 0.95))
+    found = (_match(1, 0.9, transform="identity+inset"), _match(3, 0.7, transform="identity+inset"))
+    out = merged(own, found, Settings().replace(top_k=5))
+    assert [(m.catalog_id, m.score, m.transform) for m in out] == [
+        (2, 0.95, "identity"), (1, 0.9, "identity+inset"), (3, 0.7, "identity+inset"),
+    ]  # fmt: skip
+    assert len(merged(own, found, Settings().replace(top_k=2))) == 2
+    tie = merged((_match(1, 0.9),), (_match(1, 0.9, transform="identity+inset"),), Settings())
+    assert tie[0].transform == "identity"
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("insets") / "copyscan.db"
+    with detector.open_catalog(db, create=True) as c:
+        c.add([CATALOG])
+    return db
+
+
+@pytest.mark.parametrize("mode", ["fast", "thorough"])
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+def test_a_catalog_picture_shown_small_in_a_page_is_a_copy(catalog: Path, mode: str, name: str) -> None:
+    page, truth = page_with(picture(name), share=0.18)
+    data = jpeg(page)
+    with detector.open_catalog(catalog, settings={"insets": 0}) as c:
+        before = c.check_bytes(data, "page.jpg", mode=mode)
+    assert not any(m.catalog_path.endswith(f"{name}.jpg") and m.verdict != "none" for m in before.matches)
+    with detector.open_catalog(catalog) as c:
+        after = c.check_bytes(data, "page.jpg", mode=mode)
+    top = after.matches[0]
+    assert top.catalog_path.endswith(f"{name}.jpg") and top.verdict == "copy", after.matches
+    assert top.transform.endswith("+inset")
+    xs = [x * 1200 for x, _ in top.query_region]
+    ys = [y * 900 for _, y in top.query_region]
+    # the region is where the picture is on the page, within a few pixels
+    assert min(xs) >= truth.left - 8 and max(xs) <= truth.right + 8
+    assert min(ys) >= truth.top - 8 and max(ys) <= truth.bottom + 8
+    assert (max(xs) - min(xs)) * (max(ys) - min(ys)) >= 0.4 * truth.width * truth.height
+
+
+def test_every_catalog_picture_in_a_collage_is_reported(catalog: Path) -> None:
+    names = ("astronaut", "chelsea", "coffee", "rocket")
+    image, _ = collage_of(names, 2, 10)
+    with detector.open_catalog(catalog, settings={"top_k": 8}) as c:
+        result = c.check_bytes(jpeg(image), "collage.jpg", mode="thorough")
+    copies = {Path(m.catalog_path).stem for m in result.matches if m.verdict == "copy"}
+    assert copies == set(names)
+
+
+def test_a_page_of_pictures_outside_the_catalog_flags_nothing(catalog: Path) -> None:
+    rng = np.random.default_rng(3)
+    noise = cv2.resize(
+        rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (320, 240), interpolation=cv2.INTER_CUBIC
+    )
+    page, _ = page_with(noise, share=0.3)
+    with detector.open_catalog(catalog) as c:
+        for mode in ("fast", "thorough"):
+            assert not c.check_bytes(jpeg(page), "page.jpg", mode=mode).flagged
