@@ -170,6 +170,14 @@ class Settings:
         "look-alikes are not copies without other evidence",
         ranged=(0, 1),
     )
+    inset_coverage: float = _setting(
+        0.5,
+        "a picture found inside a query (an inset) counts only where stage 3 confirms it and "
+        "the aligned overlap covers at least this share of the catalog image (a picture shown "
+        "in a page shows most of itself; a flag's canton or a card's corner is a look-alike); "
+        "else it scores at most unconfirmed_cap",
+        ranged=(0, 1),
+    )
     smooth_distinct: float = _setting(
         0.1,
         "thorough mode: a pair too smooth for stage 3 to judge scores at most unconfirmed_cap "

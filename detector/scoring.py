@@ -55,17 +55,30 @@ def look_alike(
 ) -> bool:
     """Whether stage 3's word leaves a pair no better than a look-alike, whatever stages 1
     and 2 say: only the embedding found it and stage 3 did not confirm it (the CNN alone is
-    easily fooled); ORB and SIFT both found not one point in common; the images aligned by
+    easily fooled); it was found inside the query (an inset) and stage 3 does not show it
+    whole (:func:`_inset_shown`); ORB and SIFT both found not one point in common; the images aligned by
     stage 3's map disagree on too much of their overlap (they share a template, not a
     picture); or it is too smooth for
     stage 3 to judge and the CNN neither is sure of it nor singles it out from the query's
     other catalog neighbours (smooth blobs look alike to pHash and to the CNN)."""
     if not c.within_radius and not found.confirms(settings):
         return True
+    if c.transform.inset and not _inset_shown(found, settings):
+        return True
     if found.refutes or found.disagrees(settings):
         return True
     alike = distinct is not None and distinct < settings.smooth_distinct and cosine < settings.smooth_cosine
     return found.inliers is None and alike
+
+
+def _inset_shown(found: Evidence, settings: Settings) -> bool:
+    """Whether stage 3 shows a picture found inside the query to be the catalog image: it
+    confirms the pair, and where it aligned them, the overlap covers ``inset_coverage`` of the
+    catalog image. An inset is a guess at the query's layout: codes and the CNN alone, on a
+    small or plain block, meet look-alikes by chance."""
+    if not found.confirms(settings):
+        return False
+    return found.catalog_coverage is None or found.catalog_coverage >= settings.inset_coverage
 
 
 def verdict(value: float, settings: Settings) -> str:

@@ -110,6 +110,30 @@ def test_a_pair_only_the_embedding_found_needs_stage_3_to_be_a_copy(settings):
     assert min(kept.score, confirmed.score, no_stage_3.score) > 2 * settings.unconfirmed_cap  # not capped
 
 
+def test_a_picture_inside_the_query_counts_only_where_stage_3_shows_it_whole(settings):
+    """An inset (a block of the query's layout) close in stage 1 and to the CNN: too smooth
+    for stage 3 to judge, or not confirmed, or aligned onto a corner of the catalog image only
+    (a flag's canton, a card's corner): capped under the near-duplicate line. Confirmed and
+    covering most of the catalog image, or with stage 3 off: scored as the query would be."""
+    from detector.stage1.hashing import Transform
+
+    q = np.array([1, 0, 0, 0], np.float32)
+    vecs, entries, qv = {1: q.copy()}, {1: _entry(1)}, {1: q}
+    everything = settings.replace(min_score=0.0)
+    inset = Candidate(1, 0, 0, Transform(inset=True))
+    whole = Candidate(1, 0, 0)
+    part = Evidence(80, agreement=1.0, query_coverage=0.9, catalog_coverage=0.3)
+    for evidence in (Evidence(None), Evidence(settings.inliers_floor), part):
+        (capped,) = rerank([inset], qv, vecs, entries, everything, {1: evidence})
+        assert capped.score == settings.unconfirmed_cap and capped.verdict == "none", evidence
+        (as_query,) = rerank([whole], qv, vecs, entries, everything, {1: evidence})
+        assert as_query.score > settings.unconfirmed_cap, evidence  # the rule is the inset's own
+    shown = Evidence(80, agreement=1.0, query_coverage=0.9, catalog_coverage=0.8)
+    (kept,) = rerank([inset], qv, vecs, entries, everything, {1: shown})
+    (no_stage_3,) = rerank([inset], qv, vecs, entries, everything)
+    assert kept.verdict == "copy" and no_stage_3.score > 2 * settings.unconfirmed_cap
+
+
 def test_a_pair_both_keypoint_checks_refute_is_not_a_copy(settings):
     """Close in stage 1 and to the CNN, but ORB and SIFT both judged the pair and found not
     one inlier: a look-alike (another frame of a series), capped under the near-duplicate

@@ -58,7 +58,8 @@ def find_duplicates(
     """Group the images of ``paths`` that are copies or near-duplicates of each other.
     ``progress`` is called with the number of paths read after each batch."""
     prepared: list[Prepared] = []
-    for batch in prepared_batches(paths, settings):
+    # images compared whole with each other: the pictures inside them are not searched
+    for batch in prepared_batches(paths, settings.replace(insets=0)):
         prepared.extend(batch)
         if progress is not None:
             progress(len(batch))
