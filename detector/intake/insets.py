@@ -145,11 +145,12 @@ class _Layout:
         crosses go to ``out``. ``backs``: the background colours seen so far (of the flat
         margins trimmed off this block and the blocks around it): a gutter is a flat run in
         one of them, so that a picture's own sky or wall, flat as it may be, cuts nothing."""
-        (x0, y0, x1, y1), margin = self._trim(block)
+        (x0, y0, x1, y1), margins = self._trim(block)
         if x1 - x0 < _MIN_PIECE or y1 - y0 < _MIN_PIECE:
             return
-        if margin is not None and not any(_near(margin, c) for c in backs):
-            backs = (*backs, margin)
+        for margin in margins:
+            if not any(_near(margin, c) for c in backs):
+                backs = (*backs, margin)
         if depth == 0:
             self.page = backs
         if depth >= _MAX_DEPTH:
@@ -204,15 +205,17 @@ class _Layout:
         in_page = int(outer.sum()) - int(page[y0:y1, x0:x1].sum())
         return in_page >= (1 - _MOAT_BUSY) * ring
 
-    def _trim(self, block: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
-        """The block without its flat outer rows and columns, and the median colour of what
-        was cut off (None when nothing was)."""
+    def _trim(
+        self, block: tuple[int, int, int, int]
+    ) -> tuple[tuple[int, int, int, int], list[np.ndarray]]:
+        """The block without its flat outer rows and columns, and the median colour of each
+        side that was cut off (a page's header bar and its background differ)."""
         x0, y0, x1, y1 = block
         part = self.busy[y0:y1, x0:x1]
         rows = np.flatnonzero(part.mean(axis=1) > _FLAT_LINE)
         cols = np.flatnonzero(part.mean(axis=0) > _FLAT_LINE)
         if not rows.size or not cols.size:
-            return (x0, y0, x0, y0), None
+            return (x0, y0, x0, y0), []
         inner = (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1)
         cut_off = [
             self.a[y0 : inner[1], x0:x1],
@@ -220,10 +223,7 @@ class _Layout:
             self.a[inner[1] : inner[3], x0 : inner[0]],
             self.a[inner[1] : inner[3], inner[2] : x1],
         ]
-        pixels = [p.reshape(-1, 3) for p in cut_off if p.size]
-        if not pixels:
-            return inner, None
-        return inner, np.median(np.concatenate(pixels), axis=0).astype(np.uint8)
+        return inner, [np.median(p.reshape(-1, 3), axis=0).astype(np.uint8) for p in cut_off if p.size]
 
     def _pieces(
         self, block: tuple[int, int, int, int], axis: int, backs: tuple[np.ndarray, ...]
