@@ -73,6 +73,8 @@ def _cut(rgb: np.ndarray, limit: int, work_side: int, min_side: int) -> list[Box
     layout = _Layout(np.ascontiguousarray(small))
     leaves: list[tuple[int, int, int, int]] = []
     layout.cut((0, 0, small.shape[1], small.shape[0]), 0, leaves)
+    if len(leaves) < 2:  # nothing cut the image: no layout, a photo (in flat margins, maybe)
+        return []
     found: list[Box] = []
     # the layout's own blocks first, biggest first; then islands that are none of them; then
     # blocks that were cut further (a picture cut along a seam of its own)

@@ -232,17 +232,19 @@ def _insets(
 ) -> tuple[Inset, ...]:
     """The pictures inside a query (at most ``settings.insets``), each prepared as a query of
     its own. ``data``: the file's bytes where the first decode was reduced; where that decode
-    shows a layout (insets, or flat margins: a page's background, a collage's gutter) the file
-    is decoded again whole and cut on a finer copy (a gutter of a few pixels, or a picture at
-    a tenth of a page's width, needs them all). None that is the content box where that is
-    most of the image (a letterboxed photo: searched already; a small box is better compared
-    as an inset, at its own resolution)."""
+    shows a layout (insets, or a small picture in flat margins: a page's background, a
+    collage's gutter) the file is decoded again whole and cut on a finer copy (a gutter of a
+    few pixels, or a picture at a tenth of a page's width, needs them all). None that is the
+    content box where that is most of the image (a letterboxed photo: searched already; a
+    small box is better compared as an inset, at its own resolution)."""
     limit = settings.insets
     if limit <= 0:
         return ()
     full = rgb
     found = find_insets(rgb, limit, min_side=max(2, round(INSET_MIN_SIDE * rgb.shape[1] / file_width)))
-    if data is not None and (found or box is not None):
+    h, w = rgb.shape[:2]
+    small_box = box is not None and box.width * box.height < _BOX_SEARCHED * w * h
+    if data is not None and (found or small_box):
         try:
             full = decode(data, settings.replace(decode_side=0), sha256=sha).rgb
             found = find_insets(full, limit, work_sides=(WORK_SIDE, FINE_SIDE))
