@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from detector.config import Settings
 from detector.records import COPY, NEAR_DUPLICATE, NONE, Match
-from detector.stage1.hashing import IDENTITY, Transform
+from detector.stage1.hashing import Transform
 from detector.stage1.index import Candidate
 from detector.stage2.descriptors import similarity
 from detector.stage3.verification import Evidence
@@ -134,8 +134,9 @@ def judge(
 
 def _transform(c: Candidate, evidence: Evidence | None) -> Transform:
     """How the query was turned to match ``c``: as its probe matched (a candidate only the
-    embedding found: as it is; its closest probe is chance), or as stage 3 matched it."""
-    found = c.transform if c.within_radius else IDENTITY
+    embedding found: as it is, its closest probe being chance, though still an inset where it
+    was found in one), or as stage 3 matched it."""
+    found = c.transform if c.within_radius else Transform(inset=c.transform.inset)
     if evidence is not None and evidence.turn is not None:
         return found.turned(evidence.turn)
     return found

@@ -130,6 +130,10 @@ def test_a_picture_inside_the_query_counts_only_where_stage_3_shows_it_whole(set
         assert as_query.score > settings.unconfirmed_cap, evidence  # the rule is the inset's own
     shown = Evidence(80, agreement=1.0, query_coverage=0.9, catalog_coverage=0.8)
     (kept,) = rerank([inset], qv, vecs, entries, everything, {1: shown})
+    # found by the embedding alone, in an inset: as it is, and still an inset
+    far = Candidate(1, 30, 30, Transform("rot90", inset=True), within_radius=False)
+    (embedded,) = rerank([far], qv, vecs, entries, everything, {1: shown})
+    assert embedded.transform == "identity+inset"
     (no_stage_3,) = rerank([inset], qv, vecs, entries, everything)
     assert kept.verdict == "copy" and no_stage_3.score > 2 * settings.unconfirmed_cap
 
