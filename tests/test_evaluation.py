@@ -278,3 +278,21 @@ def test_families_added_later_attack_the_same_images_as_before(tiny_db, tmp_path
         )  # fmt: skip
     assert [q.catalog_id for q in later.queries if q.catalog_id is not None] == copied
     assert later.held_out == first.held_out
+
+
+def test_a_page_chromium_fails_to_render_is_that_images_skip_not_the_runs_end(
+    tiny_db, tmp_path, settings, monkeypatch
+):
+    from detector.tasks import pages
+
+    def broken(*_args: object) -> None:
+        raise pages.RenderFailed("headless Chromium (chromium) wrote no screenshot")
+
+    monkeypatch.setattr(pages, "find_browser", lambda: "chromium")
+    monkeypatch.setattr(pages, "_render", broken)
+    with _store(tiny_db, settings) as store:
+        qs = build_queries(
+            store, settings, tmp_path / "q", sample=2, held_out=1, families=("flip", "page"), seed=4
+        )
+    assert [q.family for q in qs.queries] == ["flip"] * 3
+    assert len(qs.skipped) == 3 and all(": page: headless Chromium" in s for s in qs.skipped)

@@ -248,7 +248,7 @@ def _insets(
         try:
             full = decode(data, settings.replace(decode_side=0), sha256=sha).rgb
             found = find_insets(full, limit, work_sides=(WORK_SIDE, FINE_SIDE))
-            box = content_box(full) if box is not None else None
+            box = None if box is None else _scaled(box, full.shape[1] / w, full.shape[0] / h)
         except ImageError:  # decoded once already: keep that decode
             full = rgb
     h, w = full.shape[:2]
@@ -261,6 +261,11 @@ def _insets(
         query = _prepare_rgb(path, sha, part, inner, settings, INSET_TURNS, inset=True)
         out.append(Inset(b.left / w, b.top / h, b.right / w, b.bottom / h, query))
     return tuple(out)
+
+
+def _scaled(box: Box, kx: float, ky: float) -> Box:
+    """A box of the reduced decode in the pixels of the whole one."""
+    return Box(round(box.left * kx), round(box.top * ky), round(box.right * kx), round(box.bottom * ky))
 
 
 _SAME_AS_BOX = 0.8  # an inset overlapping the content box this much is that box

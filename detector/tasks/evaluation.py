@@ -36,6 +36,7 @@ from detector.stage2.embedding import Models
 from detector.storage.catalog import CatalogEntry
 from detector.storage.store import Store
 from detector.tasks.attacks import AMONG_OTHERS, FAMILIES, attack
+from detector.tasks.pages import RenderFailed
 
 QUERY_QUALITY = 90  # attacked copies are written as JPEG, as crawled images mostly are
 
@@ -58,7 +59,7 @@ class QuerySet:
 
     queries: tuple[EvalQuery, ...]
     held_out: frozenset[int]
-    skipped: tuple[str, ...]  # catalog images that could not be read, with the reason
+    skipped: tuple[str, ...]  # catalog images (or one page of one) that could not be made, and why
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,11 @@ def build_queries(
         others = [picture for cid, picture in pool.items() if cid != entry.id]
         for family in families:
             rng = np.random.default_rng([seed, entry.id, FAMILIES.index(family)])
-            attacked = attack(rgb, family, rng, others)
+            try:
+                attacked = attack(rgb, family, rng, others)
+            except RenderFailed as e:  # this page only: the other families and images go on
+                skipped.append(f"{entry.path}: {family}: {e}")
+                continue
             path = dest / f"{'copy' if entry.id not in hidden else 'other'}-{n:05d}-{family}.jpg"
             Image.fromarray(attacked.rgb).save(path, quality=QUERY_QUALITY)
             truth = None if entry.id in hidden else entry.id

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from detector.tasks.attacks import _WORDS, Attacked, _check, _done, _filler, _pick
+from detector.errors import CopyscanError
+from detector.tasks.attacks import Attacked, _check, _done, _filler, _pick, _words
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 LAYOUTS = ("feed", "products", "search", "article")
@@ -48,8 +49,13 @@ _FLAGS = (
 )
 
 
-class RendererMissing(RuntimeError):
+class RendererMissing(CopyscanError):
     """No headless Chromium to render pages with."""
+
+
+class RenderFailed(CopyscanError):
+    """Chromium ran but gave no usable page: it timed out, wrote no screenshot, or the copy is
+    not visible in it. One image's failure: the others are rendered as usual."""
 
 
 def find_browser() -> str | None:
@@ -116,9 +122,9 @@ def _render(browser: str, folder: Path, width: int, height: int) -> np.ndarray:
     try:
         subprocess.run(command, capture_output=True, timeout=_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"headless Chromium took over {_TIMEOUT_S:.0f} s to render a page") from e
+        raise RenderFailed(f"headless Chromium took over {_TIMEOUT_S:.0f} s to render a page") from e
     if not png.exists():
-        raise RuntimeError(f"headless Chromium ({browser}) wrote no screenshot")
+        raise RenderFailed(f"headless Chromium ({browser}) wrote no screenshot")
     with Image.open(png) as im:
         return np.asarray(im.convert("RGB")).copy()
 
@@ -131,11 +137,11 @@ def _locate(shot: np.ndarray, rgb: np.ndarray, shown_w: int, shown_h: int) -> tu
         cv2.resize(rgb, (shown_w, shown_h), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY
     )
     if templ.shape[0] > grey.shape[0] or templ.shape[1] > grey.shape[1]:
-        raise RuntimeError("the copy is larger than the rendered page")
+        raise RenderFailed("the copy is larger than the rendered page")
     found = cv2.matchTemplate(grey, templ, cv2.TM_CCOEFF_NORMED)
     _, best, _, (x0, y0) = cv2.minMaxLoc(found)
     if best < 0.6:
-        raise RuntimeError(f"the copy is not visible in the rendered page (best correlation {best:.2f})")
+        raise RenderFailed(f"the copy is not visible in the rendered page (best correlation {best:.2f})")
     return x0, y0, x0 + shown_w, y0 + shown_h
 
 
@@ -147,8 +153,9 @@ def _at_most(rgb: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
 
 
-def _words(rng: np.random.Generator, lo: int, hi: int) -> str:
-    return html.escape(" ".join(_pick(rng, _WORDS) for _ in range(int(rng.integers(lo, hi + 1)))))
+def _text(rng: np.random.Generator, lo: int, hi: int) -> str:
+    """:func:`detector.tasks.attacks._words`, escaped for HTML."""
+    return html.escape(_words(rng, lo, hi))
 
 
 def _colour(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> str:
@@ -187,27 +194,27 @@ def _feed(rng: np.random.Generator, cw: int, ch: int, width: int, n: int) -> tup
         posts.append(
             f"<div style='background:{card};margin:12px 0;padding:12px;border-radius:8px'>"
             f"<div style='display:flex;align-items:center;gap:8px'><div style='width:36px;height:36px;"
-            f"border-radius:18px;background:{_colour(rng)}'></div><b>{_words(rng, 2, 3)}</b>"
+            f"border-radius:18px;background:{_colour(rng)}'></div><b>{_text(rng, 2, 3)}</b>"
             f"<span class='muted'>{int(rng.integers(1, 59))} min</span></div>"
-            f"<p>{_words(rng, 6, 16)}</p>{picture}<p>{_words(rng, 3, 10)}</p>"
+            f"<p>{_text(rng, 6, 16)}</p>{picture}<p>{_text(rng, 3, 10)}</p>"
             "<span class='btn'>Like</span><span class='btn'>Comment</span>"
             "<span class='btn'>Share</span></div>"
         )
     trending = "".join(
         f"<div style='display:flex;gap:8px;margin:10px 0'>{_other_img(2 + k % max(1, n - 2), 56, 56)}"
-        f"<div><b>{_words(rng, 1, 3)}</b><div class='muted'>{_words(rng, 2, 5)}</div></div></div>"
+        f"<div><b>{_text(rng, 1, 3)}</b><div class='muted'>{_text(rng, 2, 5)}</div></div></div>"
         for k in range(2)
     )
-    links = "".join(f"<p style='color:{ink}'>{_words(rng, 1, 2)}</p>" for _ in range(9))
+    links = "".join(f"<p style='color:{ink}'>{_text(rng, 1, 2)}</p>" for _ in range(9))
     body = (
         f"<div style='background:{bg};color:{ink};min-height:100vh'>"
         f"<div style='height:56px;background:{card};display:flex;align-items:center;padding:0 16px'>"
-        f"<b style='font-size:22px;color:#1877f2'>{_words(rng, 1, 1)}</b>"
+        f"<b style='font-size:22px;color:#1877f2'>{_text(rng, 1, 1)}</b>"
         "<div style='margin-left:24px;width:240px;height:34px;border-radius:17px;"
         "background:#e4e6eb'></div></div>"
         f"<div style='display:flex;gap:16px;padding:0 16px'><div style='width:{nav}px'>{links}</div>"
         f"<div style='width:{max(cw + 24, width - nav - side - 80)}px'>{''.join(posts)}</div>"
-        f"<div style='width:{side}px'><h4>{_words(rng, 1, 2)}</h4>{trending}</div></div></div>"
+        f"<div style='width:{side}px'><h4>{_text(rng, 1, 2)}</h4>{trending}</div></div></div>"
     )
     return body, 56 + ch + cw + 760
 
@@ -225,14 +232,14 @@ def _products(rng: np.random.Generator, cw: int, ch: int, width: int, n: int) ->
         )
         cards.append(
             f"<div style='width:{cw}px;padding:12px;border:1px solid #ddd;border-radius:6px;background:#fff'>"
-            f"{picture}<p>{_words(rng, 2, 5)}</p><b>${int(rng.integers(3, 500))}.99</b>"
+            f"{picture}<p>{_text(rng, 2, 5)}</p><b>${int(rng.integers(3, 500))}.99</b>"
             f"<div class='muted'>{'★' * int(rng.integers(1, 6))} ({int(rng.integers(2, 900))})</div></div>"
         )
     body = (
         "<div style='height:64px;background:#131921;display:flex;align-items:center;padding:0 20px'>"
-        f"<b style='color:#fff;font-size:22px'>{_words(rng, 1, 1)}</b><div style='margin-left:30px;"
+        f"<b style='color:#fff;font-size:22px'>{_text(rng, 1, 1)}</b><div style='margin-left:30px;"
         "flex:1;height:38px;background:#fff;border-radius:4px'></div></div>"
-        f"<div style='padding:8px 20px' class='muted'>{_words(rng, 3, 6)}</div>"
+        f"<div style='padding:8px 20px' class='muted'>{_text(rng, 3, 6)}</div>"
         f"<div style='display:flex;flex-wrap:wrap;gap:14px;padding:0 20px'>{''.join(cards)}</div>"
     )
     return body, 64 + 40 + 2 * (ch + 120) + 60
@@ -251,9 +258,9 @@ def _search(rng: np.random.Generator, cw: int, ch: int, width: int, n: int) -> t
     body = (
         "<div style='height:60px;display:flex;align-items:center;padding:0 20px;"
         "border-bottom:1px solid #ddd'>"
-        f"<b style='font-size:22px'>{_words(rng, 1, 1)}</b><div style='margin-left:30px;width:560px;"
+        f"<b style='font-size:22px'>{_text(rng, 1, 1)}</b><div style='margin-left:30px;width:560px;"
         "height:40px;border:1px solid #ccc;border-radius:20px'></div></div>"
-        f"<div style='padding:8px 20px' class='muted'>{_words(rng, 2, 4)}</div>"
+        f"<div style='padding:8px 20px' class='muted'>{_text(rng, 2, 4)}</div>"
         f"<div style='display:flex;flex-wrap:wrap;gap:8px;padding:0 20px'>{''.join(items)}</div>"
     )
     return body, 60 + 40 + 3 * (row_h + 8) + 60  # the copy is among the first three: at worst one per row
@@ -262,19 +269,19 @@ def _search(rng: np.random.Generator, cw: int, ch: int, width: int, n: int) -> t
 def _article(rng: np.random.Generator, cw: int, ch: int, width: int, n: int) -> tuple[str, int]:
     side = _pick(rng, ("left", "right"))
     text_w = max(cw + 200, round(width * 0.62))
-    paragraphs = "".join(f"<p>{_words(rng, 30, 60)}</p>" for _ in range(4))
+    paragraphs = "".join(f"<p>{_text(rng, 30, 60)}</p>" for _ in range(4))
     figure = (
         f"<figure style='float:{side};margin:6px 20px;width:{cw}px'>{_copy_img(cw, ch)}"
-        f"<figcaption class='muted'>{_words(rng, 4, 9)}</figcaption></figure>"
+        f"<figcaption class='muted'>{_text(rng, 4, 9)}</figcaption></figure>"
     )
     ad = _other_img(0, 200, 160)  # beside the text, under the masthead
     body = (
         "<div style='height:70px;border-bottom:3px solid #222;display:flex;align-items:center;"
         "padding:0 30px'>"
-        f"<b style='font-family:serif;font-size:30px'>The {_words(rng, 1, 2)}</b></div>"
+        f"<b style='font-family:serif;font-size:30px'>The {_text(rng, 1, 2)}</b></div>"
         f"<div style='display:flex;gap:30px;padding:20px 30px 0'><div style='width:{text_w}px'>"
-        f"<h1 style='font-family:serif'>{_words(rng, 4, 8)}</h1><div class='muted'>{_words(rng, 2, 4)}</div>"
-        f"{figure}{paragraphs}</div><div>{ad}<p class='muted'>{_words(rng, 3, 6)}</p></div></div>"
+        f"<h1 style='font-family:serif'>{_text(rng, 4, 8)}</h1><div class='muted'>{_text(rng, 2, 4)}</div>"
+        f"{figure}{paragraphs}</div><div>{ad}<p class='muted'>{_text(rng, 3, 6)}</p></div></div>"
     )
     return body, 70 + 160 + ch + 300
 
