@@ -68,12 +68,14 @@ class Settings:
     )
     radius_variant: int = _setting(
         8,
-        "Hamming radius for the flipped and quarter-turned probes of a query (bits of 64)",
+        "Hamming radius for the upside-down and quarter-turned probes of a query (bits of 64); "
+        "the query as it is and mirrored left to right search radius_phash and radius_dhash",
         ranged=(0, 64),
     )
     radius_sum: int = _setting(
         34,
-        "most pHash + dHash Hamming bits, together, for a stage-1 candidate of an unturned probe",
+        "most pHash + dHash Hamming bits, together, for a stage-1 candidate of the query as it is "
+        "or mirrored left to right",
         ranged=(0, 128),
     )
     max_candidates: int = _setting(

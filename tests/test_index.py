@@ -82,7 +82,10 @@ def test_several_codes_per_image_and_several_probes_per_query():
     assert [x.catalog_id for x in index.best_per_image(d, probes, [3, 4, 5])] == [3, 5]
 
 
-def test_flipped_probes_search_a_smaller_radius():
+def test_turned_probes_search_a_smaller_radius_and_mirrored_ones_the_full_radius():
+    """Upside-down and quarter-turned probes search ``radius_variant``; the query mirrored left
+    to right searches the full radius and sum, as the query itself does: a mirrored copy is
+    as often cropped as a plain one, and a crop lands 9-14 bits from the catalog's codes."""
     from detector.stage1.hashing import Probe, Transform
 
     index = HammingIndex(np.array([1]), np.array([0], np.uint64), np.array([2**64 - 1], np.uint64))
@@ -91,21 +94,25 @@ def test_flipped_probes_search_a_smaller_radius():
     assert index.search_probes(
         [Probe(Transform.parse("identity+trim"), ten_bits, 0)], 12, 12, 5, radius_variant=8
     )
-    assert not index.search_probes(
-        [Probe(Transform.parse("hflip"), ten_bits, 0)], 12, 12, 5, radius_variant=8
-    )
+    (m,) = index.search_probes([Probe(Transform.parse("hflip"), ten_bits, 0)], 12, 12, 5, radius_variant=8)
+    assert m.within_radius and str(m.transform) == "hflip"
+    for turn in ("vflip", "rot180"):
+        assert not index.search_probes(
+            [Probe(Transform.parse(turn), ten_bits, 0)], 12, 12, 5, radius_variant=8
+        )
     (c,) = index.search_probes(
         [Probe(Transform.parse("rot90"), ten_bits, None)], 12, 12, 5, radius_variant=10
     )
     assert c.within_radius and str(c.transform) == "rot90"
-    d = index.probe_distances([Probe(Transform.parse("hflip"), ten_bits, 0)], 12, 12, 8)
-    (far,) = index.best_per_image(d, [Probe(Transform.parse("hflip"), ten_bits, 0)], [1])
+    d = index.probe_distances([Probe(Transform.parse("vflip"), ten_bits, 0)], 12, 12, 8)
+    (far,) = index.best_per_image(d, [Probe(Transform.parse("vflip"), ten_bits, 0)], [1])
     assert not far.within_radius and far.hamming_phash == 10
 
 
 def test_unturned_probes_must_stay_close_on_both_codes() -> None:
-    """Within the radius on one code but far on the other is a chance hit: radius_sum drops it;
-    turned probes keep their own tighter radius and are not limited by the sum."""
+    """Within the radius on one code but far on the other is a chance hit: radius_sum drops it,
+    for the query as it is and mirrored; turned probes keep their own tighter radius and are
+    not limited by the sum."""
     from detector.stage1.hashing import Probe, Transform
 
     ten_bits = (1 << 10) - 1
@@ -117,6 +124,15 @@ def test_unturned_probes_must_stay_close_on_both_codes() -> None:
     assert not index.search_probes(
         [Probe(Transform.parse("identity"), ten_bits, far)], 14, 14, 5, radius_sum=34
     )
+    assert not index.search_probes(
+        [Probe(Transform.parse("hflip"), ten_bits, far)], 14, 14, 5, radius_variant=8, radius_sum=34
+    )
+    # ... unless one code is within the turned probes' radius: a mirrored probe's derived
+    # dHash can be far although its pHash is close (as before mirrored probes had the full radius)
+    (m,) = index.search_probes(
+        [Probe(Transform.parse("hflip"), 3, far)], 14, 14, 5, radius_variant=8, radius_sum=34
+    )
+    assert m.within_radius and m.hamming_phash == 2
     assert index.search_probes(
         [Probe(Transform.parse("identity"), ten_bits, far)], 14, 14, 5
     )  # no sum: found

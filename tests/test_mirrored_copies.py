@@ -88,9 +88,36 @@ def test_a_mirrored_copy_of_a_mirror_symmetric_frame_is_not_taken_for_its_chance
         assert Path(best.catalog_path).name == "framed.png"
         assert best.verdict == "copy" and best.transform == "hflip"
         assert best.agreement is not None and best.agreement > 0.9 and best.inliers > 300
-    # the whole query's chance fit (its insets, the strips and the picture, are not the point)
-    off = {"mirror_cosine": 2, "min_score": 0.0, "insets": 0}
+    # the whole query's chance fit (its insets, the strips and the picture, are not the point;
+    # nor is its mirrored probe, which stage 1 finds within the radius and stage 3 verifies)
+    off = {"mirror_cosine": 2, "min_score": 0.0, "insets": 0, "dihedral": False}
     with detector.open_catalog(tmp_path / "c.db", settings=off) as catalog:
         chance = next(m for m in catalog.check(query, mode="thorough").matches if "framed" in m.catalog_path)
         assert chance.transform == "identity" and chance.inliers > 100  # the frame's fit, as it is
         assert chance.agreement is not None and chance.agreement < 0.6 and chance.verdict == "none"
+
+
+def test_a_mirrored_crop_is_found_in_fast_mode_wherever_the_plain_crop_is(
+    tmp_path: Path, catalog_dir: Path
+) -> None:
+    # fast mode runs the CNN only where stage 1 finds a candidate: the mirrored probe of a crop
+    # (9-14 bits from the catalog's 80 % crop code) searches the full radius, as the plain
+    # probe of the same crop does, so a crop is found mirrored wherever it is found as it is
+    found = {"plain": [], "mirrored": []}
+    with detector.open_catalog(tmp_path / "c.db", create=True) as catalog:
+        catalog.add([catalog_dir])
+        for name in PICTURES:
+            rgb = np.asarray(Image.open(catalog_dir / name).convert("RGB"))
+            h, w = rgb.shape[:2]
+            for top, bottom, left, right in ((0.06, 0.84, 0.12, 0.9), (0.1, 0.9, 0.05, 0.85)):  # 61-64 %
+                crop = rgb[int(h * top) : int(h * bottom), int(w * left) : int(w * right)]
+                for kind, pixels in (("plain", crop), ("mirrored", np.fliplr(crop))):
+                    query = tmp_path / f"{kind}-{name}"
+                    Image.fromarray(np.ascontiguousarray(pixels)).save(query, quality=90)
+                    best = next(iter(catalog.check(query, mode="fast").matches), None)
+                    if best is not None and best.verdict != "none":
+                        assert Path(best.catalog_path).name == name
+                        assert best.transform == ("hflip" if kind == "mirrored" else "identity")
+                        found[kind].append((name, top))
+    assert len(found["plain"]) >= 3  # stage 1 finds about half of these crops (the 80 % crop code)
+    assert found["mirrored"] == found["plain"]

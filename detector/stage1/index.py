@@ -120,8 +120,9 @@ class HammingIndex:
     ) -> ProbeDistances:
         """For every code, the probe that comes closest: the one with the smallest distance
         relative to its radius (the lower of pHash and dHash), then the smallest sum. Probes
-        of flipped or turned queries search at most ``radius_variant`` bits: eight times the
-        probes would otherwise bring eight times the chance hits. Unturned probes must also
+        of upside-down or quarter-turned queries search at most ``radius_variant`` bits: eight times
+        the probes would otherwise bring eight times the chance hits; the query as it is and
+        mirrored left to right search the full radius. These two must also
         keep pHash + dHash within ``radius_sum``: a chance hit is close on one code and far
         on the other, a copy is fairly close on both (measured: at radius 14 and sum 34,
         stage 1 finds more copies than at radius 12 alone and hands the CNN fewer strangers).
@@ -152,13 +153,12 @@ class HammingIndex:
         best_d = np.zeros(n, dtype=np.int16)
         best_i = np.zeros(n, dtype=np.int16)
         for i, probe in enumerate(probes):
-            r_p, r_d, r_s = _probe_radii(probe, radii)
             dp = np.bitwise_count(phash ^ np.uint64(probe.phash)).astype(np.int16)
             if probe.dhash is None:
                 dd = np.full(n, _NO_CODE, dtype=np.int16)
             else:
                 dd = np.bitwise_count(dhash ^ np.uint64(probe.dhash)).astype(np.int16)
-            excess = np.maximum(np.minimum(dp - r_p, dd - r_d), dp + dd - r_s)
+            excess = _excess(dp, dd, probe, radii)
             key = excess.astype(np.int32) * 256 + dp + dd
             better = key < best_key
             best_key[better] = key[better]
@@ -282,10 +282,29 @@ class HammingIndex:
         )
 
 
+# Probes searched at the full radius: the query as it is, and mirrored left to right (a
+# mirrored copy is as common as a plain one, and as often cropped: a crop needs the full radius).
+_FULL_RADIUS_TURNS = frozenset({"identity", "hflip"})
+
+
 def _probe_radii(probe: Probe, radii: tuple[int, int, int, int]) -> tuple[int, int, int]:
-    """A probe's pHash, dHash and sum radii: flipped and turned probes search at most
+    """A probe's pHash, dHash and sum radii: the query as it is and mirrored left to right
+    search the full radius and sum; upside-down and quarter-turned probes at most
     ``radius_variant`` bits on each code and no sum."""
     r_p, r_d, r_v, r_s = radii
-    if probe.transform.turn == "identity":
+    if probe.transform.turn in _FULL_RADIUS_TURNS:
         return r_p, r_d, r_s
     return min(r_p, r_v), min(r_d, r_v), 128
+
+
+def _excess(dp: np.ndarray, dd: np.ndarray, probe: Probe, radii: tuple[int, int, int, int]) -> np.ndarray:
+    """Bits beyond a probe's radius (a hit at <= 0) of codes at pHash ``dp`` and dHash ``dd``
+    bits from it. A mirrored probe is also a hit under the turned probes' rule (one code within
+    ``radius_variant``, no sum): its dHash is derived from the query's gradients, and a
+    mirrored copy's pHash can be 2 bits away while its derived dHash is 34."""
+    r_p, r_d, r_s = _probe_radii(probe, radii)
+    excess = np.maximum(np.minimum(dp - r_p, dd - r_d), dp + dd - r_s)
+    if probe.transform.turn != "identity" and r_s < 128:
+        r_v = radii[2]
+        excess = np.minimum(excess, np.minimum(dp - min(r_p, r_v), dd - min(r_d, r_v)))
+    return excess
