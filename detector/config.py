@@ -86,7 +86,7 @@ class Settings:
         True, "cut borders, caption bands and screenshot frames off before hashing and embedding"
     )
     insets: int = _setting(
-        12,
+        24,
         "most pictures inside a query (a web page's, a collage's) searched as queries of their own; 0: none",
         ranged=(0, 32),
     )

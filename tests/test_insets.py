@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 import detector
 from detector.config import Settings
 from detector.intake.framing import Box
-from detector.intake.insets import find_insets, overlap
+from detector.intake.insets import FINE_SIDE, find_insets, overlap
 from detector.intake.prepare import Inset, Prepared, prepare_bytes
 from detector.records import Match
 from detector.scan.insets import in_query, merged
@@ -75,6 +75,36 @@ def collage_of(
     return out, boxes
 
 
+def feed_with(rgb: np.ndarray, share: float = 0.3, gap: int = 6) -> tuple[np.ndarray, Box]:
+    """A 1,300 x 1,700 social feed: a white top bar on a grey page, a column of links on the
+    grey, one white card holding a poster's line, the picture (``share`` of the page width)
+    with a line of words 6 px above and under it, and a column of trends. On a copy 512 px
+    long its gutters are a pixel or less: the layout is one block in flat margins there."""
+    width, height = 1300, 1700
+    page = Image.new("RGB", (width, height), (240, 242, 245))
+    draw = ImageDraw.Draw(page)
+    font = ImageFont.load_default(size=14)
+    draw.rectangle((0, 0, width - 1, 44), fill=(255, 255, 255))
+    draw.text((12, 12), "feed", font=font, fill=(30, 100, 220))
+    draw.rounded_rectangle((70, 10, 260, 34), 10, fill=(225, 228, 232))
+    for k in range(10):
+        draw.text((12, 60 + 24 * k), f"link {k} here", font=font, fill=(40, 40, 40))
+    shown = fitted(rgb, round(share * width))
+    x0, y0 = 290, 60
+    x1, y1 = x0 + shown.shape[1] + 160, y0 + 60 + shown.shape[0] + 80
+    draw.rounded_rectangle((x0, y0, x1, y1), 8, fill=(255, 255, 255))
+    draw.ellipse((x0 + 10, y0 + 10, x0 + 40, y0 + 40), fill=(200, 60, 200))
+    draw.text((x0 + 50, y0 + 16), "somebody 11 min", font=font, fill=(20, 20, 20))
+    x, y = x0 + 10, y0 + 66
+    draw.text((x, y - 16 - gap), "a line of words above the picture", font=font, fill=(20, 20, 20))
+    draw.text((x, y + shown.shape[0] + gap), "a line of words under it", font=font, fill=(20, 20, 20))
+    for k in range(6):
+        draw.text((x1 + 30, 60 + 30 * k), f"trend {k}", font=font, fill=(40, 40, 40))
+    out = np.array(page)
+    out[y : y + shown.shape[0], x : x + shown.shape[1]] = shown
+    return out, Box(x, y, x + shown.shape[1], y + shown.shape[0])
+
+
 def best_overlap(found: list[Box], truth: Box) -> float:
     return max((overlap(b, truth) for b in found), default=0.0)
 
@@ -112,6 +142,39 @@ def test_pictures_pasted_edge_to_edge_are_cut_at_their_seam() -> None:
     image, cells = collage_of(("astronaut", "coffee"), 2, 0)
     found = find_insets(image, 8)
     assert all(best_overlap(found, c) >= 0.8 for c in cells)
+
+
+@pytest.mark.parametrize("name", ["chelsea", "rocket"])
+def test_a_page_one_block_on_the_coarse_copy_is_cut_again_finer(name: str) -> None:
+    page, truth = feed_with(picture(name))
+    half = np.ascontiguousarray(page[::2, ::2])  # as a reduced decode gives it
+    assert find_insets(half, 24, min_side=32) == []  # one block in flat margins at 512 px
+    found = find_insets(half, 24, min_side=32, framed_side=FINE_SIDE)
+    doubled = [Box(2 * b.left, 2 * b.top, 2 * b.right, 2 * b.bottom) for b in found]
+    assert best_overlap(doubled, truth) >= 0.85
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "rocket"])
+def test_a_picture_in_a_feed_card_is_an_inset_of_the_prepared_query(name: str) -> None:
+    # the file is decoded reduced first (650 px wide); its layout decides the whole decode
+    page, truth = feed_with(picture(name))
+    p = prepare_bytes("feed.jpg", jpeg(page), "sha", Settings())
+    boxes = [
+        Box(round(i.left * 1300), round(i.top * 1700), round(i.right * 1300), round(i.bottom * 1700))
+        for i in p.insets
+    ]
+    assert best_overlap(boxes, truth) >= 0.85
+
+
+def test_every_picture_of_a_grid_of_twenty_is_an_inset() -> None:
+    names = NAMES[:5] * 4
+    image, cells = collage_of(names, 5, 10)
+    p = prepare_bytes("grid.jpg", jpeg(image), "sha", Settings())
+    h, w = image.shape[:2]
+    boxes = [
+        Box(round(i.left * w), round(i.top * h), round(i.right * w), round(i.bottom * h)) for i in p.insets
+    ]
+    assert [best_overlap(boxes, c) >= 0.8 for c in cells] == [True] * 20
 
 
 @pytest.mark.parametrize("name", NAMES)

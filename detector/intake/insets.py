@@ -42,28 +42,43 @@ _LEAF_BUSY = 0.02  # a block the layout cut out needs only this
 _MAX_PLAIN = 0.6  # a block mostly in one colour is text or an icon on its background
 _MOAT = 4  # work pixels around an island that must be mostly the page's background
 _MOAT_BUSY = 0.3  # (at most this share not in the page's colour)
-_SAME = 0.7  # boxes overlapping this much (intersection over union) are one inset
+SAME = 0.7  # boxes overlapping this much (intersection over union) are one inset
+_FRAMED = 0.9  # an uncut image is in flat margins when its block is at most this share of it
 
 
 def find_insets(
-    rgb: np.ndarray, limit: int, work_sides: tuple[int, ...] = (WORK_SIDE,), min_side: int = MIN_SIDE
+    rgb: np.ndarray,
+    limit: int,
+    work_sides: tuple[int, ...] = (WORK_SIDE,),
+    min_side: int = MIN_SIDE,
+    framed_side: int | None = None,
 ) -> list[Box]:
     """At most ``limit`` boxes (pixels of ``rgb``) of pictures inside an (h, w, 3) uint8 image:
     per work size (the layout is cut on a copy at most that long; a finer one sees thinner
     gutters), the layout's blocks, biggest first, then islands, then blocks that were cut
-    further; none for a plain photo. An inset is at least ``min_side`` pixels on a side."""
+    further; none for a plain photo. An inset is at least ``min_side`` pixels on a side.
+    ``framed_side``: where the work sizes found none but left the image one block in flat
+    margins (a page whose gutters were too thin for them to see, or a photo in a border), the
+    layout is cut once more on a copy this size."""
     found: list[Box] = []
+    framed = False
     for side in work_sides:
-        for box in _cut(rgb, limit, side, min_side):
-            if len(found) < limit and all(overlap(box, other) < _SAME for other in found):
+        boxes, one_block = _cut(rgb, limit, side, min_side)
+        framed = framed or one_block
+        for box in boxes:
+            if len(found) < limit and all(overlap(box, other) < SAME for other in found):
                 found.append(box)
+    if not found and framed and framed_side is not None:
+        found = _cut(rgb, limit, framed_side, min_side)[0]
     return found
 
 
-def _cut(rgb: np.ndarray, limit: int, work_side: int, min_side: int) -> list[Box]:
+def _cut(rgb: np.ndarray, limit: int, work_side: int, min_side: int) -> tuple[list[Box], bool]:
+    """The insets found on a copy at most ``work_side`` long, and whether the layout was one
+    block in flat margins."""
     h, w = rgb.shape[:2]
     if limit <= 0 or min(h, w) < 2 * min_side:
-        return []
+        return [], False
     scale = min(1.0, work_side / max(h, w))
     small = rgb
     if scale < 1.0:
@@ -73,8 +88,12 @@ def _cut(rgb: np.ndarray, limit: int, work_side: int, min_side: int) -> list[Box
     layout = _Layout(np.ascontiguousarray(small))
     leaves: list[tuple[int, int, int, int]] = []
     layout.cut((0, 0, small.shape[1], small.shape[0]), 0, leaves)
-    if len(leaves) < 2:  # nothing cut the image: no layout, a photo (in flat margins, maybe)
-        return []
+    if len(leaves) < 2:
+        # nothing cut the image: a photo, in flat margins maybe; or a page whose gutters are
+        # too thin for this copy, which the caller may cut again finer (a photo's margins
+        # cut nothing more)
+        framed = bool(leaves) and _area(leaves[0]) < _FRAMED * small.shape[0] * small.shape[1]
+        return [], framed
     found: list[Box] = []
     # the layout's own blocks first, biggest first; then islands that are none of them; then
     # blocks that were cut further (a picture cut along a seam of its own)
@@ -96,14 +115,18 @@ def _cut(rgb: np.ndarray, limit: int, work_side: int, min_side: int) -> list[Box
                 continue
             if max(box.width, box.height) > _MAX_ASPECT * min(box.width, box.height):
                 continue
-            if any(overlap(box, other) >= _SAME for other in found + kept):
+            if any(overlap(box, other) >= SAME for other in found + kept):
                 continue
             if layout.picture_like(x0, y0, x1, y1, strict=group is not leaves):
                 kept.append(box)
         found.extend(kept)
         if len(found) >= limit:
             break
-    return found[:limit]
+    return found[:limit], False
+
+
+def _area(b: tuple[int, int, int, int]) -> int:
+    return (b[2] - b[0]) * (b[3] - b[1])
 
 
 def overlap(a: Box, b: Box) -> float:
@@ -207,9 +230,7 @@ class _Layout:
         in_page = int(outer.sum()) - int(page[y0:y1, x0:x1].sum())
         return in_page >= (1 - _MOAT_BUSY) * ring
 
-    def _trim(
-        self, block: tuple[int, int, int, int]
-    ) -> tuple[tuple[int, int, int, int], list[np.ndarray]]:
+    def _trim(self, block: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], list[np.ndarray]]:
         """The block without its flat outer rows and columns, and the median colour of each
         side that was cut off (a page's header bar and its background differ)."""
         x0, y0, x1, y1 = block
@@ -252,11 +273,7 @@ class _Layout:
                 run += 1
                 continue
             if run >= _MIN_GUTTER and backs:
-                pixels = a[i - run : i : max(1, run // 4), ::2].reshape(-1, 3)
-                colour = np.median(pixels, axis=0).astype(np.uint8)
-                even = (_step(pixels, np.broadcast_to(colour, pixels.shape)) <= _EVEN).mean() >= _EVEN_SHARE
-                if even and any(_near(colour, c) for c in backs):
-                    cut[i - run : i] = True
+                cut[i - run : i] = _gutter(a[i - run : i, ::2], backs)
             run = 0
         if n > 2 * _MIN_PIECE and step.size:
             share = step.mean(axis=1)  # line k: the step between lines k and k + 2
@@ -294,6 +311,33 @@ class _Layout:
         median = np.median(part, axis=0).astype(np.uint8)
         plain = (_step(part, np.broadcast_to(median, part.shape)) <= _BUSY).mean()
         return bool(plain <= _MAX_PLAIN)
+
+
+def _gutter(lines: np.ndarray, backs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Which of a run of flat lines ((k, m, 3) uint8) are gutter: lines each of one colour, and
+    that one of the backgrounds, at least ``_MIN_GUTTER`` of them in a row. Lines may differ
+    (a page's white header padding, then its grey background: one gutter), a line may not (a
+    sky shades across a picture, a page's background does not); the dark edge of a picture
+    beside a black gutter is flat but not of one colour, and is left out. (k,) bool."""
+    colours = np.median(lines, axis=1).astype(np.uint8)  # (k, 3)
+    even = (_step(lines, np.broadcast_to(colours[:, None, :], lines.shape)) <= _EVEN).mean(
+        axis=1
+    ) >= _EVEN_SHARE
+    near = np.zeros(len(lines), dtype=bool)
+    for c in backs:
+        near |= np.abs(colours.astype(np.int16) - c.astype(np.int16)).max(axis=1) <= 2 * _BUSY
+    ok = even & near
+    # only runs of at least _MIN_GUTTER lines
+    out = np.zeros_like(ok)
+    start = None
+    for k in range(len(ok) + 1):
+        if k < len(ok) and ok[k]:
+            start = k if start is None else start
+        elif start is not None:
+            if k - start >= _MIN_GUTTER:
+                out[start:k] = True
+            start = None
+    return out
 
 
 def _near(a: np.ndarray, b: np.ndarray) -> bool:

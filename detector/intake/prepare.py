@@ -15,7 +15,7 @@ from detector.config import Settings
 from detector.errors import ImageError
 from detector.intake.framing import Box, content_box
 from detector.intake.inputs import FILE, Input, InputReader, as_input
-from detector.intake.insets import FINE_SIDE, WORK_SIDE, find_insets, overlap
+from detector.intake.insets import FINE_SIDE, SAME, WORK_SIDE, find_insets, overlap
 from detector.intake.insets import MIN_SIDE as INSET_MIN_SIDE
 from detector.intake.loader import content_hash, decode
 from detector.stage1.hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
@@ -241,16 +241,25 @@ def _insets(
     if limit <= 0:
         return ()
     full = rgb
-    found = find_insets(rgb, limit, min_side=max(2, round(INSET_MIN_SIDE * rgb.shape[1] / file_width)))
+    found = find_insets(
+        rgb, limit, min_side=max(2, round(INSET_MIN_SIDE * rgb.shape[1] / file_width)), framed_side=FINE_SIDE
+    )
     h, w = rgb.shape[:2]
     small_box = box is not None and box.width * box.height < _BOX_SEARCHED * w * h
     if data is not None and (found or small_box):
         try:
             full = decode(data, settings.replace(decode_side=0), sha256=sha).rgb
-            found = find_insets(full, limit, work_sides=(WORK_SIDE, FINE_SIDE))
-            box = None if box is None else _scaled(box, full.shape[1] / w, full.shape[0] / h)
         except ImageError:  # decoded once already: keep that decode
             full = rgb
+        else:
+            kx, ky = full.shape[1] / w, full.shape[0] / h
+            first = [_scaled(b, kx, ky) for b in found]
+            found = find_insets(full, limit, work_sides=(WORK_SIDE, FINE_SIDE))
+            # the reduced decode's blocks too: its coarser copy sees some blocks whole that the
+            # finer ones cut apart (a picture in a feed's card, beside the card's text)
+            found += [b for b in first if all(overlap(b, other) < SAME for other in found)]
+            found = found[:limit]
+            box = None if box is None else _scaled(box, kx, ky)
     h, w = full.shape[:2]
     if box is not None and box.width * box.height >= _BOX_SEARCHED * w * h:
         found = [b for b in found if overlap(b, box) < _SAME_AS_BOX]
