@@ -320,3 +320,18 @@ def test_a_page_of_pictures_outside_the_catalog_flags_nothing(catalog: Path) -> 
     with detector.open_catalog(catalog) as c:
         for mode in ("fast", "thorough"):
             assert not c.check_bytes(jpeg(page), "page.jpg", mode=mode).flagged
+
+
+@pytest.mark.parametrize("names", [("astronaut", "coffee"), ("retina", "chelsea")])
+def test_the_collage_cell_the_content_box_picked_is_an_inset_too(names: tuple[str, str]) -> None:
+    # the content box of two pictures side by side is one of them (under half the query):
+    # searched as the query's box only, it was compared inside the whole collage's grey
+    image, cells = collage_of(names, 2, 12)
+    image = cv2.resize(image, (image.shape[1] * 2, image.shape[0] * 2), interpolation=cv2.INTER_CUBIC)
+    cells = [Box(2 * c.left, 2 * c.top, 2 * c.right, 2 * c.bottom) for c in cells]
+    p = prepare_bytes("collage.jpg", jpeg(image), "sha", Settings())
+    h, w = image.shape[:2]
+    boxes = [
+        Box(round(i.left * w), round(i.top * h), round(i.right * w), round(i.bottom * h)) for i in p.insets
+    ]
+    assert [best_overlap(boxes, c) >= 0.9 for c in cells] == [True, True]

@@ -236,7 +236,8 @@ def _insets(
     collage's gutter) the file is decoded again whole and cut on a finer copy (a gutter of a
     few pixels, or a picture at a tenth of a page's width, needs them all). None that is the
     content box where that is most of the image (a letterboxed photo: searched already; a
-    small box is better compared as an inset, at its own resolution)."""
+    box that is not most of it, such as one cell of a collage, is better compared as an inset,
+    at its own resolution)."""
     limit = settings.insets
     if limit <= 0:
         return ()
@@ -261,7 +262,7 @@ def _insets(
             found = found[:limit]
             box = None if box is None else _scaled(box, kx, ky)
     h, w = full.shape[:2]
-    if box is not None and box.width * box.height >= _BOX_SEARCHED * w * h:
+    if box is not None and box.width * box.height >= _BOX_IS_QUERY * w * h:
         found = [b for b in found if overlap(b, box) < _SAME_AS_BOX]
     out = []
     for b in found:
@@ -279,6 +280,9 @@ def _scaled(box: Box, kx: float, ky: float) -> Box:
 
 _SAME_AS_BOX = 0.8  # an inset overlapping the content box this much is that box
 _BOX_SEARCHED = 0.4  # a content box covering this share of the query is searched well as it is
+# an inset that is the content box is left out only where that box is most of the query (a
+# letterboxed photo); a collage's cell the box picked out is compared better as an inset
+_BOX_IS_QUERY = 0.7
 
 
 def cnn_view(rgb: np.ndarray, settings: Settings) -> np.ndarray:
