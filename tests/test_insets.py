@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 import detector
 from detector.config import Settings
 from detector.intake.framing import Box
-from detector.intake.insets import FINE_SIDE, find_insets, overlap
+from detector.intake.insets import FINE_SIDE, find_insets, overlap, ruled
 from detector.intake.prepare import Inset, Prepared, prepare_bytes
 from detector.records import Match
 from detector.scan.insets import in_query, merged
@@ -335,3 +335,17 @@ def test_the_collage_cell_the_content_box_picked_is_an_inset_too(names: tuple[st
         Box(round(i.left * w), round(i.top * h), round(i.right * w), round(i.bottom * h)) for i in p.insets
     ]
     assert [best_overlap(boxes, c) >= 0.9 for c in cells] == [True, True]
+
+
+def test_a_gutter_a_pixel_wide_rules_the_image_and_a_photo_does_not() -> None:
+    # what a reduced decode shows of a collage with thin gutters: a line of one colour between
+    # busy ones, which triggers the whole decode; photos, bordered or not, have none
+    image, _ = collage_of(("astronaut", "chelsea", "coffee", "rocket"), 2, 2)
+    half = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    assert ruled(half)
+    assert ruled(np.ascontiguousarray(half.transpose(1, 0, 2)))  # a gutter across, as well
+    for name in NAMES:
+        photo = picture(name)
+        assert not ruled(photo)
+        bordered = cv2.copyMakeBorder(photo, 20, 20, 20, 20, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        assert not ruled(bordered)

@@ -15,7 +15,7 @@ from detector.config import Settings
 from detector.errors import ImageError
 from detector.intake.framing import Box, content_box
 from detector.intake.inputs import FILE, Input, InputReader, as_input
-from detector.intake.insets import FINE_SIDE, SAME, WORK_SIDE, find_insets, overlap
+from detector.intake.insets import FINE_SIDE, SAME, WORK_SIDE, find_insets, overlap, ruled
 from detector.intake.insets import MIN_SIDE as INSET_MIN_SIDE
 from detector.intake.loader import content_hash, decode
 from detector.stage1.hashing import DIHEDRAL, Codes, Probe, dihedral_probes, image_codes
@@ -242,12 +242,14 @@ def _insets(
     if limit <= 0:
         return ()
     full = rgb
-    found = find_insets(
-        rgb, limit, min_side=max(2, round(INSET_MIN_SIDE * rgb.shape[1] / file_width)), framed_side=FINE_SIDE
-    )
+    min_side = max(2, round(INSET_MIN_SIDE * rgb.shape[1] / file_width))
+    found = find_insets(rgb, limit, min_side=min_side, framed_side=FINE_SIDE)
     h, w = rgb.shape[:2]
     small_box = box is not None and box.width * box.height < _BOX_SEARCHED * w * h
-    if data is not None and (found or small_box):
+    thin = not found and ruled(rgb)  # a collage whose gutters this decode shows a pixel wide
+    if thin and data is None:  # decoded whole already: cut it finer
+        found = find_insets(rgb, limit, work_sides=(WORK_SIDE, FINE_SIDE), min_side=min_side)
+    elif data is not None and (found or small_box or thin):
         try:
             full = decode(data, settings.replace(decode_side=0), sha256=sha).rgb
         except ImageError:  # decoded once already: keep that decode
