@@ -304,7 +304,7 @@ def _excess(dp: np.ndarray, dd: np.ndarray, probe: Probe, radii: tuple[int, int,
     mirrored copy's pHash can be 2 bits away while its derived dHash is 34."""
     r_p, r_d, r_s = _probe_radii(probe, radii)
     excess = np.maximum(np.minimum(dp - r_p, dd - r_d), dp + dd - r_s)
-    if probe.transform.turn != "identity" and r_s < 128:
+    if probe.transform.turn == "hflip":
         r_v = radii[2]
         excess = np.minimum(excess, np.minimum(dp - min(r_p, r_v), dd - min(r_d, r_v)))
     return excess
