@@ -71,7 +71,8 @@ def find_insets(
         for box in boxes:
             if len(found) < limit and all(overlap(box, other) < SAME for other in found):
                 found.append(box)
-    if not found and framed and framed_side is not None:
+    # (a copy no finer than those already cut would only cut the same again)
+    if not found and framed and framed_side is not None and max(rgb.shape[:2]) > max(work_sides):
         found = _cut(rgb, limit, framed_side, min_side)[0]
     return found
 

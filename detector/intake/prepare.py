@@ -247,8 +247,8 @@ def _insets(
     h, w = rgb.shape[:2]
     small_box = box is not None and box.width * box.height < _BOX_SEARCHED * w * h
     thin = not found and ruled(rgb)  # a collage whose gutters this decode shows a pixel wide
-    if thin and data is None:  # decoded whole already: cut it finer
-        found = find_insets(rgb, limit, work_sides=(WORK_SIDE, FINE_SIDE), min_side=min_side)
+    if thin and data is None:  # decoded whole already, and cut at WORK_SIDE: cut it finer
+        found = find_insets(rgb, limit, work_sides=(FINE_SIDE,), min_side=min_side)
     elif data is not None and (found or small_box or thin):
         try:
             full = decode(data, settings.replace(decode_side=0), sha256=sha).rgb
