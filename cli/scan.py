@@ -29,6 +29,7 @@ from cli.app import (
     wait_option,
 )
 from cli.listing import Column, Listing, check_output, listing, open_output, output_options
+from detector.config import RUNTIME
 from detector.errors import CopyscanError
 
 
@@ -230,7 +231,7 @@ def scan(
     app: App = ctx.obj
     if resume is None and not paths:
         raise click.UsageError("name images, folders or list files to scan, or --resume [RUN]")
-    runtime = {k: v for k, v in app.overrides.items() if k in _RUNTIME}
+    runtime = {k: v for k, v in app.overrides.items() if k in RUNTIME}  # a resume may set them again
     if resume is not None:
         flags = {p.name: p.opts[0] for p in ctx.command.params}
         given = [flags[n] for n in _RUN_OPTIONS if _given(ctx, n)]
@@ -256,7 +257,7 @@ def scan(
             changed = sorted(
                 k
                 for k, v in app.overrides.items()
-                if k not in _RUNTIME and (stored.get("set") or {}).get(k) != v
+                if k not in RUNTIME and (stored.get("set") or {}).get(k) != v
             )
             if changed:
                 raise click.UsageError(
@@ -325,7 +326,6 @@ def scan(
 # runs (--engine, --workers, --ray-address) changes no result: a resume may choose again.
 _RUN_OPTIONS = ("fmt", "output", "top_k", "min_score", "mode", "jsonl_path", "rescan", "parquet_out")
 _WHERE = ("engine", "workers", "ray_address")
-_RUNTIME = ("batch_size", "jobs")  # settings that change no result: a resume may set them again
 
 
 def _given(ctx: click.Context, name: str) -> bool:

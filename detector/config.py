@@ -16,6 +16,9 @@ from detector.errors import SettingError
 FAST = "fast"  # the CNN runs only on queries that have stage-1 candidates
 THOROUGH = "thorough"  # the CNN runs on every query; nearest descriptors join the candidates
 MODES = (FAST, THOROUGH)
+# settings that change no result, only how the work is shared out: left out of a scan's state
+# fingerprint, and a resumed run may set them again
+RUNTIME = ("batch_size", "jobs", "verify_threads")
 
 DEFAULT = "default"
 STORED = "stored"  # saved in the database (evaluate --calibrate)
@@ -112,6 +115,12 @@ class Settings:
     )
     # stage 3
     verify: bool = _setting(True, "check the best candidates with ORB keypoints and RANSAC (stage 3)")
+    verify_threads: int = _setting(
+        0,
+        "stage 3: threads that check a batch's queries side by side (OpenCV works outside "
+        "Python's lock; the evidence is the same with any number); 0: one per CPU",
+        ranged=(0, 256),
+    )
     verify_top: int = _setting(
         3, "stage 3: how many of a query's best candidates are checked", ranged=(0, 1000)
     )

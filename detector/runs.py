@@ -179,7 +179,7 @@ class ScanRun:
         """Go on with run ``run_id`` (or the newest killed or interrupted scan): its request,
         its settings, only the items it has not recorded. Refused (:class:`StoreError`) when
         the catalog, the settings or copyscan changed since it started. ``runtime``: settings
-        that change no result (``batch_size``, ``jobs``) to run it with now."""
+        that change no result (:data:`detector.config.RUNTIME`) to run it with now."""
         lock = _lock(store, wait)
         try:
             killed = store.history.mark_killed()

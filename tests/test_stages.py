@@ -3,6 +3,7 @@ reads of the case record, what it writes, and that the chain runs them in order,
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -134,6 +135,54 @@ def test_stage_3_confirms_a_crop_and_has_no_say_when_switched_off(store, stub):
     )
     VerificationStage(off, FAST, images).fill([again])
     assert again.evidence is None
+
+
+def test_stage_3_in_threads_gives_the_evidence_of_one_thread_and_uses_them(store, stub, monkeypatch):
+    """``verify_threads`` shares a batch's queries out between threads; each query's evidence
+    is the same as when one thread checks them all, in the same order."""
+    files = sorted(p for p in (FIXTURES / "crawl").iterdir() if p.suffix == ".jpg")[:16]
+    evidence = {}
+    workers: dict[int, set[str]] = {}
+    real = VerificationStage._verify
+
+    for threads in (1, 3):
+        names: set[str] = set()
+
+        def spy(self, case, names=names):
+            names.add(threading.current_thread().name)
+            return real(self, case)
+
+        monkeypatch.setattr(VerificationStage, "_verify", spy)
+        settings = SETTINGS.replace(verify_threads=threads)
+        cases = [_case(f, settings) for f in files]
+        cases = [c for c in cases if c.query.ok]
+        CandidateStage(LoadedCatalog.from_store(store, THOROUGH).index, settings).fill(cases)
+        _stage_2(store, stub, THOROUGH, settings).fill(cases)
+        VerificationStage(settings, THOROUGH, CatalogImages(settings)).fill(cases)
+        evidence[threads] = [(c.query.path, c.evidence) for c in cases]
+        workers[threads] = names
+    assert evidence[1] == evidence[3]
+    assert sum(e is not None and any(v.confirms(SETTINGS) for v in e.values()) for _, e in evidence[1]) >= 8
+    assert workers[1] == {threading.current_thread().name} and len(workers[3]) == 3
+
+
+def test_a_stage_3_failure_in_a_thread_is_the_stage_s_failure(store, stub, monkeypatch):
+    """A query whose check raises in one of the threads fails the stage as it did on one
+    thread (the chain then runs each query alone: tests/test_cron_safety.py)."""
+    settings = SETTINGS.replace(verify_threads=2)
+    cases = [_case(FIXTURES / "crawl" / n, settings) for n in ("chelsea-crop.jpg", "coffee-jpeg.jpg")]
+    CandidateStage(LoadedCatalog.from_store(store, FAST).index, settings).fill(cases)
+    _stage_2(store, stub, FAST, settings).fill(cases)
+    real = VerificationStage._verify
+
+    def failing(self, case):
+        if "coffee" in case.query.path:
+            raise RuntimeError("keypoints exploded")
+        return real(self, case)
+
+    monkeypatch.setattr(VerificationStage, "_verify", failing)
+    with pytest.raises(RuntimeError, match="keypoints exploded"):
+        VerificationStage(settings, FAST, CatalogImages(settings)).fill(cases)
 
 
 def test_the_chain_runs_each_stage_once_in_order_and_scores_each_candidate_once(store, stub, monkeypatch):

@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 
 from detector import __version__
-from detector.config import Settings
+from detector.config import RUNTIME, Settings
 
 # The packages and modules whose code decides a scan's results. Their source is part of the
 # fingerprint, so an engine change (a constant in a stage, say) is never mixed with results
@@ -41,12 +41,12 @@ def scan_state(
     hasher: str,
     embedder: str,
 ) -> str:
-    """A fingerprint of the catalog's generation, the settings (batch size and worker count
+    """A fingerprint of the catalog's generation, the settings (those of :data:`RUNTIME`
     aside), the mode, the hidden catalog ids, the hasher, the embedder, the copyscan version
     and :func:`engine_revision`. Equal fingerprints give equal results."""
     values = dataclasses.asdict(settings)
-    values.pop("batch_size")
-    values.pop("jobs")
+    for name in RUNTIME:
+        values.pop(name)
     blob = json.dumps(
         [values, mode, generation, list(hidden), hasher, embedder, __version__, engine_revision()],
         sort_keys=True,
