@@ -18,7 +18,7 @@ THOROUGH = "thorough"  # the CNN runs on every query; nearest descriptors join t
 MODES = (FAST, THOROUGH)
 # settings that change no result, only how the work is shared out: left out of a scan's state
 # fingerprint, and a resumed run may set them again
-RUNTIME = ("batch_size", "jobs", "verify_threads")
+RUNTIME = ("batch_size", "jobs", "verify_threads", "cnn_threads")
 
 DEFAULT = "default"
 STORED = "stored"  # saved in the database (evaluate --calibrate)
@@ -103,6 +103,12 @@ class Settings:
         "(0: one per CPU, the command line's default; 1: none, the library's default, since "
         "workers re-import the calling script, which then needs an if __name__ == '__main__' guard); "
         "jobs under two batches always decode in the main process",
+        ranged=(0, 1024),
+    )
+    cnn_threads: int = _setting(
+        0,
+        "threads the CNN runs on during a scan (for this whole process); 0: the CPUs the jobs "
+        "workers leave free, at least one",
         ranged=(0, 1024),
     )
     cnn_bf16: bool = _setting(

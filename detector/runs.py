@@ -33,7 +33,7 @@ from detector.errors import NotFound, SettingError, StoreError
 from detector.intake.inputs import Input
 from detector.intake.prepare import Prepared
 from detector.intake.sources import check_roots, expand_inputs
-from detector.intake.workers import prepared_batches
+from detector.intake.workers import cnn_threads, prepared_batches
 from detector.records import RunInfo, ScanResult
 from detector.scan.scanner import Scanner
 from detector.stage2.embedding import Models
@@ -258,6 +258,7 @@ class ScanRun:
             return reusable
 
         reuse = not self.request.rescan
+        self.scanner.models.threads = cnn_threads(self.settings, len(self.files))
         for prepared in prepared_batches(self.files, self.settings, known=known if reuse else None):
             fresh = iter(self.scanner.scan_prepared([p for p in prepared if not p.skipped]))
             yield [

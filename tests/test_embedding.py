@@ -80,6 +80,35 @@ def test_the_model_loads_once_per_models_holder(settings, monkeypatch):
     assert len(built) == 1
 
 
+def test_the_cnn_runs_on_the_threads_it_is_given_and_gives_them_back(models, settings):
+    """A scan beside busy intake workers runs the CNN on fewer threads (``Models.threads``);
+    the descriptors are the same, and the process's thread count is as it was after."""
+    import torch
+
+    from detector.stage2.embedding import Models
+
+    seen: list[int] = []
+
+    class Watching:
+        def __init__(self, s):
+            self.inner = models.embedder
+
+        def embed(self, images):
+            seen.append(torch.get_num_threads())
+            return self.inner.embed(images)
+
+    images = [textured(s, (224, 224)) for s in range(3)]
+    before = torch.get_num_threads()
+    holder = Models(settings, factory=Watching)
+    assert np.array_equal(holder.embed(images), models.embed(images))  # threads as they are
+    holder.threads = 1
+    one = holder.embed(images)
+    holder.threads = 2
+    two = holder.embed(images)
+    assert seen == [before, 1, 2] and torch.get_num_threads() == before
+    assert np.allclose(one, two, atol=1e-5)
+
+
 def test_bfloat16_descriptors_stay_close_to_float32(models, settings):
     from detector.stage2.embedding import Embedder, native_bf16
 

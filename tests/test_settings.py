@@ -137,7 +137,7 @@ def _valid(base: Settings, name: str, value: object) -> bool:
     return True
 
 
-def test_the_scan_state_changes_with_every_setting_but_batch_size_jobs_and_verify_threads():
+def test_the_scan_state_changes_with_every_setting_but_those_that_share_out_the_work():
     base = Settings()
     state = scan_state(base, "fast", 1, (), "h", "e")
     for f in dataclasses.fields(Settings):
@@ -152,7 +152,7 @@ def test_the_scan_state_changes_with_every_setting_but_batch_size_jobs_and_verif
             step = 1 if isinstance(value, int) else 0.01
             changed = value + step if _valid(base, f.name, value + step) else value - step
         other = scan_state(base.replace(**{f.name: changed}), "fast", 1, (), "h", "e")
-        assert (other == state) == (f.name in ("batch_size", "jobs", "verify_threads")), f.name
+        assert (other == state) == (f.name in ("batch_size", "jobs", "verify_threads", "cnn_threads")), f.name
     assert scan_state(base, "thorough", 1, (), "h", "e") != state
     assert scan_state(base, "fast", 2, (), "h", "e") != state
     assert len(engine_revision()) == 16 and engine_revision() == engine_revision()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from detector.config import Settings
+from detector.intake import workers
 from detector.intake.prepare import Prepared, prepare_batch, prepare_bytes
-from detector.intake.workers import CRASHED, prepared_batches, worker_count
+from detector.intake.workers import CRASHED, cnn_threads, prepared_batches, worker_count
 from detector.scan.scanner import Scanner
 from detector.stage1.hashing import HASHER_ID
 from detector.storage.store import Store
@@ -60,6 +61,16 @@ def test_worker_count():
     assert worker_count(PARALLEL, 8) == 2
     assert worker_count(PARALLEL.replace(jobs=1), 1000) == 1
     assert worker_count(PARALLEL.replace(jobs=0), 1000) == len(os.sched_getaffinity(0))
+
+
+def test_the_cnn_takes_the_cpus_the_workers_leave(monkeypatch):
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 4)
+    assert cnn_threads(PARALLEL, 1000) == 2  # two workers on four CPUs
+    assert cnn_threads(PARALLEL.replace(jobs=0), 1000) == 1  # a worker per CPU: one thread
+    assert cnn_threads(PARALLEL.replace(jobs=1), 1000) == 4  # no workers
+    assert cnn_threads(PARALLEL, 7) == 4  # too few images to start them
+    assert cnn_threads(PARALLEL.replace(jobs=8), 1000) == 1  # at least one
+    assert cnn_threads(PARALLEL.replace(cnn_threads=3), 1000) == 3  # as set
 
 
 @pytest.mark.parametrize("catalog", [False, True])
@@ -137,6 +148,8 @@ def test_a_scan_with_workers_equals_one_without(inputs, models, tmp_path, catalo
     list(add_to_catalog(store, models, catalog + inputs[:3], PARALLEL.replace(jobs=1)))
     queries = [*inputs, *catalog]
     here = list(Scanner(store, models, PARALLEL.replace(jobs=1)).scan(queries))
+    assert models.threads == len(os.sched_getaffinity(0))
     there = list(Scanner(store, models, PARALLEL).scan(queries))
+    assert models.threads == max(1, len(os.sched_getaffinity(0)) - 2)  # beside two workers
     assert here == there
     assert sum(1 for r in there if r.matches) >= len(catalog) + 3

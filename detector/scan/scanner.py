@@ -10,7 +10,7 @@ from dataclasses import replace
 from detector.config import FAST, MODES, Settings
 from detector.errors import SettingError
 from detector.intake.prepare import Prepared
-from detector.intake.workers import prepared_batches
+from detector.intake.workers import cnn_threads, prepared_batches
 from detector.records import ScanResult
 from detector.scan.catalog import CatalogSnapshot, LoadedCatalog
 from detector.scan.chain import Chain
@@ -76,6 +76,7 @@ class Scanner:
 
     def scan(self, paths: Sequence[str]) -> Iterator[ScanResult]:
         """One result per path, in order (nothing is recorded: see :mod:`detector.runs`)."""
+        self.models.threads = cnn_threads(self.settings, len(paths))
         for batch in prepared_batches(paths, self.settings):
             yield from self.chain.run(batch)
 

@@ -194,6 +194,9 @@ class Models:
         self.loading = loading
         self._factory = factory
         self._embedder: Embedder | None = None
+        # torch's CPU threads while this CNN runs (None: as they are), set back after each
+        # call; a scan sets it beside its intake workers (detector.intake.workers.cnn_threads)
+        self.threads: int | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -208,4 +211,14 @@ class Models:
         batch = list(images)
         if not batch:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        return self.embedder.embed(batch)
+        embedder = self.embedder
+        if self.threads is None:
+            return embedder.embed(batch)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, self.threads))
+        try:
+            return embedder.embed(batch)
+        finally:  # as they were for the rest of the process
+            torch.set_num_threads(before)
