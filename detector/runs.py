@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -259,8 +260,17 @@ class ScanRun:
 
         reuse = not self.request.rescan
         self.scanner.models.threads = cnn_threads(self.settings, len(self.files))
-        for prepared in prepared_batches(self.files, self.settings, known=known if reuse else None):
-            fresh = iter(self.scanner.scan_prepared([p for p in prepared if not p.skipped]))
+        in_flight: deque[list[Prepared]] = deque()  # batches the chain has, oldest first
+
+        def to_scan(batches: Iterable[list[Prepared]]) -> Iterator[list[Prepared]]:
+            for prepared in batches:
+                in_flight.append(prepared)
+                yield [p for p in prepared if not p.skipped]
+
+        batches = prepared_batches(self.files, self.settings, known=known if reuse else None)
+        for results in self.scanner.scan_batches(to_scan(batches)):
+            prepared = in_flight.popleft()
+            fresh = iter(results)
             yield [
                 self._repeat(p.path, p.sha256, reusable[p.sha256], p.source)
                 if p.skipped and p.sha256

@@ -212,6 +212,75 @@ def test_the_chain_runs_each_stage_once_in_order_and_scores_each_candidate_once(
     assert len(judged) == len(set(judged)) == results[0].candidates  # once per candidate
 
 
+def _batches(size: int) -> list[list[Prepared]]:
+    files = sorted((FIXTURES / "crawl").iterdir())
+    queries = [_case(f).query for f in files if f.suffix in (".jpg", ".png")][:12]
+    queries.insert(3, Prepared("broken.jpg", error="CorruptImage: truncated"))
+    return [queries[k : k + size] for k in range(0, len(queries), size)]
+
+
+def test_run_all_gives_what_run_gives_batch_by_batch(store, stub):
+    chain = Chain(LoadedCatalog.from_store(store, THOROUGH), stub, SETTINGS, THOROUGH)
+    batches = _batches(4)
+    one_by_one = [chain.run(b) for b in batches]
+    streamed = list(chain.run_all(iter(batches)))
+    assert streamed == one_by_one and len(streamed) == 4
+    assert streamed[0][3].status == "error" and sum(bool(r.matches) for b in streamed for r in b) >= 8
+
+
+def test_run_all_runs_the_next_batch_s_first_stages_while_the_last_finish(store, stub, monkeypatch):
+    """Stage 3 of the first batch waits for stage 2 of the second: it can only end because the
+    chain runs them at once, stage 3 in a thread of its own."""
+    chain = Chain(LoadedCatalog.from_store(store, FAST), stub, SETTINGS, FAST)
+    second_front = threading.Event()
+    seen: list[tuple[str, int, bool]] = []
+    stage2, stage3 = chain.stages[1], chain.stages[2]
+    fill2, fill3 = stage2.fill, stage3.fill
+    calls = {"DescriptorStage": 0, "VerificationStage": 0}
+
+    def front(cases):
+        calls["DescriptorStage"] += 1
+        fill2(cases)
+        if calls["DescriptorStage"] == 2:
+            second_front.set()
+
+    def back(cases):
+        calls["VerificationStage"] += 1
+        main = threading.current_thread() is threading.main_thread()
+        waited = second_front.wait(timeout=20) if calls["VerificationStage"] == 1 else True
+        seen.append(("stage 3", calls["VerificationStage"], main and waited))
+        fill3(cases)
+
+    monkeypatch.setattr(stage2, "fill", front)
+    monkeypatch.setattr(stage3, "fill", back)
+    batches = _batches(6)[:2]
+    streamed = list(chain.run_all(iter(batches)))
+    assert second_front.is_set() and seen == [("stage 3", 1, False), ("stage 3", 2, False)]
+    assert [len(b) for b in streamed] == [6, 6] and streamed[0][3].status == "error"
+
+
+def test_run_all_runs_a_batch_a_stage_fails_on_a_query_at_a_time(store, stub, monkeypatch):
+    chain = Chain(LoadedCatalog.from_store(store, FAST), stub, SETTINGS, FAST)
+    real = VerificationStage._verify
+
+    def failing(self, case):
+        if case.query.path.endswith("chelsea-crop.jpg"):
+            raise ValueError("a fault in stage 3")
+        return real(self, case)
+
+    batches = _batches(4)
+    before = list(chain.run_all(iter(batches)))
+    monkeypatch.setattr(VerificationStage, "_verify", failing)
+    after = list(chain.run_all(iter(batches)))
+    for old, new in zip(before, after, strict=True):
+        for a, b in zip(old, new, strict=True):
+            if a.query.endswith("chelsea-crop.jpg"):
+                assert b.error == "StageFailure: VerificationStage: ValueError: a fault in stage 3"
+            else:
+                assert a == b
+    assert any(p.path.endswith("chelsea-crop.jpg") for b in batches for p in b)
+
+
 def test_reporting_shares_the_stages_and_changes_only_the_output(store, stub):
     chain = Chain(LoadedCatalog.from_store(store, FAST), stub, SETTINGS, FAST)
     narrow = chain.reporting(SETTINGS.replace(top_k=1, min_score=0.0))

@@ -4,7 +4,7 @@ it directly; a recorded run (:mod:`detector.runs`) drives it batch by batch."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 
 from detector.config import FAST, MODES, Settings
@@ -74,11 +74,16 @@ class Scanner:
         """The chain on a batch of prepared queries: one result each, in order."""
         return self.chain.run(batch)
 
+    def scan_batches(self, batches: Iterable[Sequence[Prepared]]) -> Iterator[list[ScanResult]]:
+        """The chain on consecutive batches, one result list per batch, in order; the next
+        batch's first stages run while the last stages of the one before finish."""
+        return self.chain.run_all(batches)
+
     def scan(self, paths: Sequence[str]) -> Iterator[ScanResult]:
         """One result per path, in order (nothing is recorded: see :mod:`detector.runs`)."""
         self.models.threads = cnn_threads(self.settings, len(paths))
-        for batch in prepared_batches(paths, self.settings):
-            yield from self.chain.run(batch)
+        for results in self.scan_batches(prepared_batches(paths, self.settings)):
+            yield from results
 
     def reporting(self, top_k: int | None = None, min_score: float | None = None) -> Scanner:
         """This scanner, its catalog and caches shared, reporting at most ``top_k`` matches of
