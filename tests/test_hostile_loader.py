@@ -788,3 +788,44 @@ def test_unlistable_root_folder_is_reported(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(os, "scandir", scandir)
     assert expand_sources([root]) == [os.fspath(root)]
+
+
+def test_decoding_in_several_threads_leaves_the_warning_filters_as_they_were():
+    """Stage 3's threads decode catalog images while the main thread decodes others; Pillow's
+    warnings are silenced while an image decodes, and the process's warning filters must be
+    the same afterwards (``warnings.catch_warnings`` alone restores whatever the thread that
+    leaves last saw, possibly another thread's silenced filters)."""
+    import sys
+    import warnings
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    settings = Settings()
+    before = list(warnings.filters)
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        start.wait()
+        try:
+            for _ in range(25):
+                decode(data, settings)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+        after = list(warnings.filters)
+        warnings.filters[:] = before  # never leave the rest of the suite silenced
+    assert errors == []
+    assert after == before

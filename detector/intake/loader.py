@@ -28,6 +28,7 @@ import os
 import re
 import stat
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,12 @@ from detector.errors import (
     UnreadablePath,
     UnsupportedFormat,
 )
+
+# Decodes in this process take turns: the warning filters are the process's, and
+# warnings.catch_warnings restores what it saw on entry, so two threads inside it at once (stage
+# 3's, decoding catalog images beside the main thread) can leave every warning silenced. The
+# scan's own queries decode in worker processes, one at a time each.
+_SILENCED = threading.Lock()
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -139,7 +146,7 @@ def decode(data: bytes, settings: Settings, sha256: str | None = None) -> Loaded
     if not data:
         raise UnsupportedFormat("empty file")
     _check_declared_size(data, settings)
-    with warnings.catch_warnings():
+    with _SILENCED, warnings.catch_warnings():
         # Pillow warns on what it forgives (corrupt EXIF, odd palettes, its own bomb limit):
         # each bad item is an error of its own or nothing, never noise on a cron job's stderr.
         warnings.simplefilter("ignore")
