@@ -180,7 +180,9 @@ def test_rescan_is_kept_with_the_run_and_honoured_by_resume(db, crawl):
             f"UPDATE runs SET status = 'killed', finished_at = NULL, written = 8 WHERE id = {run_id}"
         )
     conn.close()
-    cli_run("--db", str(db), "scan", "--resume", code=0)
+    # settings that only share out the work may be chosen again on resume
+    runtime = ["--set", "verify_threads=1", "--set", "cnn_threads=1", "--set", "jobs=1"]
+    cli_run("--db", str(db), *runtime, "scan", "--resume", code=0)
     conn = sqlite3.connect(db)
     reused = conn.execute(
         f"SELECT count(*) FROM items WHERE run_id = {run_id} AND reused_from IS NOT NULL"
