@@ -107,8 +107,8 @@ class Settings:
     )
     cnn_threads: int = _setting(
         0,
-        "threads the CNN runs on during a scan (for this whole process); 0: the CPUs the jobs "
-        "workers leave free, at least one",
+        "torch's threads while the CNN runs during a scan (set back after each batch); 0: the "
+        "CPUs the jobs workers leave free, at least one",
         ranged=(0, 1024),
     )
     cnn_bf16: bool = _setting(

@@ -34,7 +34,7 @@ from detector.errors import NotFound, SettingError, StoreError
 from detector.intake.inputs import Input
 from detector.intake.prepare import Prepared
 from detector.intake.sources import check_roots, expand_inputs
-from detector.intake.workers import cnn_threads, prepared_batches
+from detector.intake.workers import prepared_batches
 from detector.records import RunInfo, ScanResult
 from detector.scan.scanner import Scanner
 from detector.stage2.embedding import Models
@@ -259,7 +259,6 @@ class ScanRun:
             return reusable
 
         reuse = not self.request.rescan
-        self.scanner.models.threads = cnn_threads(self.settings, len(self.files))
         in_flight: deque[list[Prepared]] = deque()  # batches the chain has, oldest first
 
         def to_scan(batches: Iterable[list[Prepared]]) -> Iterator[list[Prepared]]:
@@ -268,7 +267,7 @@ class ScanRun:
                 yield [p for p in prepared if not p.skipped]
 
         batches = prepared_batches(self.files, self.settings, known=known if reuse else None)
-        for results in self.scanner.scan_batches(to_scan(batches)):
+        for results in self.scanner.scan_batches(to_scan(batches), len(self.files)):
             prepared = in_flight.popleft()
             fresh = iter(results)
             yield [

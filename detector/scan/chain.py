@@ -90,7 +90,7 @@ class Chain:
         cases = [Case(p) for p in batch]
         usable = [c for c in cases if c.query.ok]
         parts = [(case, inset, Case(inset.query)) for case in usable for inset in case.query.insets]
-        started = _Started(batch, cases, usable + [part for _, _, part in parts], parts)
+        started = _Started(batch, cases, parts)
         try:
             self._fill(started.filled, self.stages[:2])
         except _Failed as e:
@@ -151,11 +151,15 @@ class _Failed(Exception):
 
 @dataclass(eq=False)
 class _Started:
-    """A batch between the chain's halves: its cases, the cases the stages fill (its usable
-    queries, then their insets'), each inset with its query, and a failed stage's message."""
+    """A batch between the chain's halves: its cases, each inset of its usable queries with
+    its query and its own case, and a failed stage's message."""
 
     batch: Sequence[Prepared]
     cases: list[Case]
-    filled: list[Case]
     parts: list[tuple[Case, Inset, Case]]
     error: str | None = None
+
+    @property
+    def filled(self) -> list[Case]:
+        """The cases the stages fill: the usable queries', then their insets'."""
+        return [c for c in self.cases if c.query.ok] + [part for _, _, part in self.parts]

@@ -74,15 +74,16 @@ class Scanner:
         """The chain on a batch of prepared queries: one result each, in order."""
         return self.chain.run(batch)
 
-    def scan_batches(self, batches: Iterable[Sequence[Prepared]]) -> Iterator[list[ScanResult]]:
-        """The chain on consecutive batches, one result list per batch, in order; the next
-        batch's first stages run while the last stages of the one before finish."""
+    def scan_batches(self, batches: Iterable[Sequence[Prepared]], images: int) -> Iterator[list[ScanResult]]:
+        """The chain on consecutive batches of :func:`prepared_batches` over ``images`` images,
+        one result list per batch, in order; the next batch's first stages run while the last
+        stages of the one before finish, and the CNN takes the CPUs the intake workers leave."""
+        self.models.threads = cnn_threads(self.settings, images)
         return self.chain.run_all(batches)
 
     def scan(self, paths: Sequence[str]) -> Iterator[ScanResult]:
         """One result per path, in order (nothing is recorded: see :mod:`detector.runs`)."""
-        self.models.threads = cnn_threads(self.settings, len(paths))
-        for results in self.scan_batches(prepared_batches(paths, self.settings)):
+        for results in self.scan_batches(prepared_batches(paths, self.settings), len(paths)):
             yield from results
 
     def reporting(self, top_k: int | None = None, min_score: float | None = None) -> Scanner:
