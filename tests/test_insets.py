@@ -138,6 +138,18 @@ def test_every_cell_of_a_collage_with_gutters_is_found(gutter: int, colour: tupl
     assert [round(best_overlap(found, c), 2) >= 0.8 for c in cells] == [True] * len(cells)
 
 
+def test_a_cell_with_a_straight_line_of_its_own_is_found_whole() -> None:
+    # a picture crossed by a straight edge of its own (a horizon, a façade's floor, here two
+    # photos stacked) in a column of a collage with gutters: the gutters cut the column into
+    # cells first, so the cell is a block of its own before its seam cuts it further
+    image, cells = collage_of(("astronaut", "chelsea", "coffee"), 1, 10)
+    c = cells[0]
+    top, bottom = cv2.resize(picture("rocket"), (300, 110)), cv2.resize(picture("retina"), (300, 110))
+    image[c.top : c.bottom, c.left : c.right] = np.vstack([top, bottom])
+    found = find_insets(image, 8)
+    assert [round(best_overlap(found, c), 2) >= 0.8 for c in cells] == [True] * 3
+
+
 def test_pictures_pasted_edge_to_edge_are_cut_at_their_seam() -> None:
     image, cells = collage_of(("astronaut", "coffee"), 2, 0)
     found = find_insets(image, 8)
@@ -344,6 +356,14 @@ def test_a_gutter_a_pixel_wide_rules_the_image_and_a_photo_does_not() -> None:
     half = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
     assert ruled(half)
     assert ruled(np.ascontiguousarray(half.transpose(1, 0, 2)))  # a gutter across, as well
+    # a thin gutter beside a smooth picture (a sky, a snowfield) rules it too: the gutter
+    # line is of one colour exactly, its neighbours are not
+    sky = np.repeat(np.linspace(90, 170, 220, dtype=np.float32)[:, None, None], 300, axis=1)
+    smooth = np.repeat(sky, 3, axis=2).astype(np.uint8)
+    pair = np.full((220, 602, 3), 255, np.uint8)
+    pair[:, :300] = smooth
+    pair[:, 302:] = cv2.resize(picture("astronaut"), (300, 220), interpolation=cv2.INTER_AREA)
+    assert ruled(np.ascontiguousarray(pair[:, ::2]))
     for name in NAMES:
         photo = picture(name)
         assert not ruled(photo)

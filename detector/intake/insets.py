@@ -46,6 +46,8 @@ SAME = 0.7  # boxes overlapping this much (intersection over union) are one inse
 _RULE_EVEN = 10  # a rule line: its grey levels spread (std) at most this much
 _RULE_BUSY = 30  # and the lines this far on both sides at least this much
 _RULE_OFF = 3
+_RULE_FLAT = 2  # a line this even (grey levels' std)
+_RULE_SOFT = 8  # is a rule between lines this busy on both sides
 _FRAMED = 0.9  # an uncut image is in flat margins when its block is at most this share of it
 
 
@@ -139,10 +141,11 @@ def ruled(rgb: np.ndarray) -> bool:
         spread = sample.std(axis=axis, dtype=np.float32)  # per column (axis 0), per row (axis 1)
         n = len(spread)
         k = np.arange(max(_RULE_OFF, n // 10), min(n - _RULE_OFF, n - n // 10))
+        near = np.minimum(spread[k - _RULE_OFF], spread[k + _RULE_OFF])
         if k.size and np.any(
-            (spread[k] <= _RULE_EVEN)
-            & (spread[k - _RULE_OFF] >= _RULE_BUSY)
-            & (spread[k + _RULE_OFF] >= _RULE_BUSY)
+            ((spread[k] <= _RULE_EVEN) & (near >= _RULE_BUSY))
+            # or a line of one colour exactly, beside a smooth picture on one side
+            | ((spread[k] <= _RULE_FLAT) & (near >= _RULE_SOFT))
         ):
             return True
     return False
@@ -298,7 +301,9 @@ class _Layout:
             if run >= _MIN_GUTTER and backs:
                 cut[i - run : i] = _gutter(a[i - run : i, ::2], backs)
             run = 0
-        if n > 2 * _MIN_PIECE and step.size:
+        if n > 2 * _MIN_PIECE and step.size and len(_spans(cut)) < 2:
+            # seams only where no gutter cuts the block: a picture's own straight lines cut it
+            # a level down, where the picture is a block of its own (a parent) first
             share = step.mean(axis=1)  # line k: the step between lines k and k + 2
             usual = float(np.median(share))
             strong = (share >= _SEAM_SHARE) & (share >= _SEAM_LIFT * max(usual, 0.02))
@@ -309,16 +314,7 @@ class _Layout:
                     and share[k] >= share[max(k - 2, 0) : k + 3].max()
                 ):
                     cut[k + 1] = True
-        spans = []
-        begin = None
-        for i in range(n + 1):
-            inside = i < n and not cut[i]
-            if inside and begin is None:
-                begin = i
-            elif not inside and begin is not None:
-                if i - begin >= _MIN_PIECE:
-                    spans.append((begin, i))
-                begin = None
+        spans = _spans(cut)
         return spans if len(spans) > 1 else [(0, n)]
 
     def picture_like(self, x0: int, y0: int, x1: int, y1: int, strict: bool = True) -> bool:
@@ -334,6 +330,22 @@ class _Layout:
         median = np.median(part, axis=0).astype(np.uint8)
         plain = (_step(part, np.broadcast_to(median, part.shape)) <= _BUSY).mean()
         return bool(plain <= _MAX_PLAIN)
+
+
+def _spans(cut: np.ndarray) -> list[tuple[int, int]]:
+    """The runs of lines between cut lines ((n,) bool), at least ``_MIN_PIECE`` long."""
+    spans = []
+    begin = None
+    n = len(cut)
+    for i in range(n + 1):
+        inside = i < n and not cut[i]
+        if inside and begin is None:
+            begin = i
+        elif not inside and begin is not None:
+            if i - begin >= _MIN_PIECE:
+                spans.append((begin, i))
+            begin = None
+    return spans
 
 
 def _gutter(lines: np.ndarray, backs: tuple[np.ndarray, ...]) -> np.ndarray:
