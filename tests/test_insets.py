@@ -156,6 +156,19 @@ def test_pictures_pasted_edge_to_edge_are_cut_at_their_seam() -> None:
     assert all(best_overlap(found, c) >= 0.8 for c in cells)
 
 
+def test_pictures_pasted_edge_to_edge_beside_busy_textures_are_cut_at_their_seams() -> None:
+    # a 2 x 2 grid, edge to edge, two cells a busy texture (gravel, foliage, noise): the
+    # texture steps on every line, so only the pictures' calm side tells the seams
+    image, cells = collage_of(("rocket", "astronaut", "coffee", "chelsea"), 2, 0)
+    rng = np.random.default_rng(3)
+    for c in (cells[0], cells[3]):
+        image[c.top : c.bottom, c.left : c.right] = rng.integers(
+            0, 256, (c.height, c.width, 3), dtype=np.uint8
+        )
+    found = find_insets(image, 8)
+    assert [best_overlap(found, c) >= 0.8 for c in cells[1:3]] == [True, True]
+
+
 @pytest.mark.parametrize("name", ["chelsea", "rocket"])
 def test_a_page_one_block_on_the_coarse_copy_is_cut_again_finer(name: str) -> None:
     page, truth = feed_with(picture(name))

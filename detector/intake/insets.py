@@ -182,8 +182,8 @@ class _Layout:
         self.busy: np.ndarray = busy
         # steps across two pixels: a seam between pasted pictures shrunk to the work size may
         # fall between pixels and spread over two rows (columns)
-        self.row_step = _step(a[2:], a[:-2]) > _SEAM_STEP  # (h-2, w): between y and y+2
-        self.col_step = _step(a[:, 2:], a[:, :-2]) > _SEAM_STEP
+        self.row_step = _step(a[2:], a[:-2])  # (h-2, w): between y and y+2
+        self.col_step = _step(a[:, 2:], a[:, :-2]).T  # (w-2, h): between x and x+2
 
     def cut(
         self,
@@ -285,7 +285,7 @@ class _Layout:
         busy = self.busy[y0:y1, x0:x1]
         if axis == 1:
             a, busy = a.transpose(1, 0, 2), busy.T
-            step = self.col_step[y0:y1, x0 : x1 - 2].T
+            step = self.col_step[x0 : x1 - 2, y0:y1]
         else:
             step = self.row_step[y0 : y1 - 2, x0:x1]
         n = busy.shape[0]
@@ -304,9 +304,13 @@ class _Layout:
         if n > 2 * _MIN_PIECE and step.size and len(_spans(cut)) < 2:
             # seams only where no gutter cuts the block: a picture's own straight lines cut it
             # a level down, where the picture is a block of its own (a parent) first
-            share = step.mean(axis=1)  # line k: the step between lines k and k + 2
+            share = (step > _SEAM_STEP).mean(axis=1)  # line k: the step between lines k and k + 2
             usual = float(np.median(share))
             strong = (share >= _SEAM_SHARE) & (share >= _SEAM_LIFT * max(usual, 0.02))
+            # or sharp over most of the line where a side is calm (beside a busy texture)
+            calm = _calm_share(step, share)
+            share = np.maximum(share, calm)
+            strong |= calm >= _SEAM_SHARE
             for k in np.flatnonzero(strong):
                 if (
                     _MIN_PIECE <= k
@@ -330,6 +334,34 @@ class _Layout:
         median = np.median(part, axis=0).astype(np.uint8)
         plain = (_step(part, np.broadcast_to(median, part.shape)) <= _BUSY).mean()
         return bool(plain <= _MAX_PLAIN)
+
+
+_CALM = 14  # grey levels: a step this small or smaller beside a seam is a picture's calm inside
+_CALM_SEEN = 0.55  # a seam is judged where at least this share of its line has a calm side
+
+
+def _calm_share(step: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Per line k of a block (``step``: (n, m) uint8 steps between lines k and k + 2;
+    ``share``: the share of each line stepping over ``_SEAM_STEP``), the share of the pixels
+    with a calm side (the step two lines before or after is small) that step sharply there,
+    well above that side; 0 where under ``_CALM_SEEN`` of the line has a calm side. A seam
+    between a picture and a busy texture (gravel, foliage, noise) steps out of the picture's
+    calm side, while the texture steps everywhere and cannot tell: the plain share over a
+    block the texture fills would hide it. Only lines that step over enough of their pixels
+    to reach ``_SEAM_SHARE`` are looked at."""
+    out = np.zeros(len(step), dtype=np.float64)
+    k = np.flatnonzero(share >= _SEAM_SHARE * _CALM_SEEN)
+    k = k[(k >= 2) & (k < len(step) - 2)]
+    if not k.size:
+        return out
+    here, before, after = (step[k + o].astype(np.int16) for o in (0, -2, 2))
+    calm_b, calm_a = before <= _CALM, after <= _CALM
+    seen = calm_b | calm_a
+    side = np.where(calm_b & calm_a, np.maximum(before, after), np.where(calm_b, before, after))
+    sharp = seen & (here > _SEAM_STEP) & (here >= 2 * side + _CALM)
+    counted = seen.sum(axis=1)
+    out[k] = np.where(counted >= _CALM_SEEN * step.shape[1], sharp.sum(axis=1) / np.maximum(counted, 1), 0.0)
+    return out
 
 
 def _spans(cut: np.ndarray) -> list[tuple[int, int]]:
