@@ -31,6 +31,8 @@ _EVEN_SHARE = 0.97  # over this share of its pixels
 _SEAM_STEP = 28  # grey levels of a step across a seam
 _SEAM_SHARE = 0.8  # share of a block's width (height) a straight step must cross to be a seam
 _SEAM_LIFT = 3.0  # a seam's step share is at least this many times the block's median
+_CALM = 14  # grey levels: a step this small or smaller beside a seam is a picture's calm inside
+_CALM_SEEN = 0.55  # a seam beside a busy texture is judged where over this share of its line has a calm side
 _MIN_PIECE = 12  # pieces thinner than this (work pixels) are gutters' fringes, not content
 _MAX_DEPTH = 8
 MIN_SIDE = 64  # an inset's shorter side in the file's pixels
@@ -301,9 +303,12 @@ class _Layout:
             if run >= _MIN_GUTTER and backs:
                 cut[i - run : i] = _gutter(a[i - run : i, ::2], backs)
             run = 0
-        if n > 2 * _MIN_PIECE and step.size and len(_spans(cut)) < 2:
+        spans = _spans(cut)
+        if len(spans) > 1:
             # seams only where no gutter cuts the block: a picture's own straight lines cut it
             # a level down, where the picture is a block of its own (a parent) first
+            return spans
+        if n > 2 * _MIN_PIECE and step.size:
             share = (step > _SEAM_STEP).mean(axis=1)  # line k: the step between lines k and k + 2
             usual = float(np.median(share))
             strong = (share >= _SEAM_SHARE) & (share >= _SEAM_LIFT * max(usual, 0.02))
@@ -334,10 +339,6 @@ class _Layout:
         median = np.median(part, axis=0).astype(np.uint8)
         plain = (_step(part, np.broadcast_to(median, part.shape)) <= _BUSY).mean()
         return bool(plain <= _MAX_PLAIN)
-
-
-_CALM = 14  # grey levels: a step this small or smaller beside a seam is a picture's calm inside
-_CALM_SEEN = 0.55  # a seam is judged where at least this share of its line has a calm side
 
 
 def _calm_share(step: np.ndarray, share: np.ndarray) -> np.ndarray:
