@@ -24,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -208,10 +209,11 @@ class ScanRun:
         counted as written once the caller has taken all of it (asked for the next result)."""
         self._mark_written(len(self.backlog()))  # the caller has been handed the backlog
         batches = self._local_batches() if self.engine is None else self._ray_batches()
-        for batch in batches:
-            batch = self.store.history.record(self.id, batch)
-            yield from batch
-            self._mark_written(len(batch))
+        with closing(batches):  # its threads and workers stop here when recording fails
+            for batch in batches:
+                batch = self.store.history.record(self.id, batch)
+                yield from batch
+                self._mark_written(len(batch))
 
     def backlog(self) -> list[ScanResult]:
         """Results this run recorded that never reached the caller (a resumed run whose output
@@ -250,7 +252,7 @@ class ScanRun:
     ) -> None:
         self.finish(FINISHED if kind is None else INTERRUPTED)
 
-    def _local_batches(self) -> Iterator[list[ScanResult]]:
+    def _local_batches(self) -> Generator[list[ScanResult], None, None]:
         reusable: dict[str, int] = {}
         state = self.scanner.state
 
@@ -267,17 +269,19 @@ class ScanRun:
                 yield [p for p in prepared if not p.skipped]
 
         batches = prepared_batches(self.files, self.settings, known=known if reuse else None)
-        for results in self.scanner.scan_batches(to_scan(batches), len(self.files)):
-            prepared = in_flight.popleft()
-            fresh = iter(results)
-            yield [
-                self._repeat(p.path, p.sha256, reusable[p.sha256], p.source)
-                if p.skipped and p.sha256
-                else next(fresh)
-                for p in prepared
-            ]
+        scanned = self.scanner.scan_batches(to_scan(batches), len(self.files))
+        with closing(batches), closing(scanned):
+            for results in scanned:
+                prepared = in_flight.popleft()
+                fresh = iter(results)
+                yield [
+                    self._repeat(p.path, p.sha256, reusable[p.sha256], p.source)
+                    if p.skipped and p.sha256
+                    else next(fresh)
+                    for p in prepared
+                ]
 
-    def _ray_batches(self) -> Iterator[list[ScanResult]]:
+    def _ray_batches(self) -> Generator[list[ScanResult], None, None]:
         from detector.distributed import ray_batches
 
         reuse = not self.request.rescan

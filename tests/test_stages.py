@@ -3,6 +3,7 @@ reads of the case record, what it writes, and that the chain runs them in order,
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 
 from detector import scoring
 from detector.config import FAST, THOROUGH, Settings
+from detector.errors import StoreError
 from detector.intake.catalog_images import CatalogImages
 from detector.intake.loader import content_hash
 from detector.intake.prepare import Prepared, prepare_bytes
+from detector.runs import ScanRequest, ScanRun
 from detector.scan.case import Case
 from detector.scan.catalog import LoadedCatalog
 from detector.scan.chain import Chain
@@ -279,6 +282,71 @@ def test_run_all_runs_a_batch_a_stage_fails_on_a_query_at_a_time(store, stub, mo
             else:
                 assert a == b
     assert any(p.path.endswith("chelsea-crop.jpg") for b in batches for p in b)
+
+
+def test_run_all_closed_in_a_thread_its_batch_in_flight_waits_for_does_not_wait_for_it(
+    store, stub, monkeypatch
+):
+    """A stream dropped unclosed is closed by the garbage collector in whichever thread collects
+    it: in the CI, a stage-3 thread, which the batch in flight waited for. Closing there must
+    not wait for that batch (the scan hung at exit after a full disk)."""
+    chain = Chain(LoadedCatalog.from_store(store, FAST), stub, SETTINGS, FAST)
+    stage3 = chain.stages[2]
+    fill3, in_flight, released, calls = stage3.fill, threading.Event(), threading.Event(), []
+
+    def back(cases):
+        calls.append(len(cases))
+        if len(calls) == 2:  # the second batch: in flight once the first is handed out
+            in_flight.set()
+            assert released.wait(timeout=60)
+        fill3(cases)
+
+    monkeypatch.setattr(stage3, "fill", back)
+    stream = chain.run_all(iter(_batches(4)))
+    assert len(next(stream)) == 4 and in_flight.wait(timeout=20)
+
+    def collector():
+        stream.close()
+        released.set()
+
+    closer = threading.Thread(target=collector, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    hung = closer.is_alive()
+    released.set()  # let the batch in flight end either way
+    assert not hung and len(calls) == 2
+
+
+def test_a_scan_run_whose_recording_fails_has_stopped_its_stages_when_the_failure_arrives(
+    store, stub, tmp_path, monkeypatch
+):
+    """A full disk fails the run's recording. The failure, held with its traceback (as the
+    command line holds it while it reports), must not keep the chain's thread alive: it was
+    later shut down by the garbage collector, in a thread that deadlocked."""
+    db = tmp_path / "s.db"
+    with sqlite3.connect(store.path) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    opened = Store.open(db, hasher=HASHER_ID, embedder=embedder_id(SETTINGS))
+    request = ScanRequest((str(FIXTURES / "crawl"),), FAST, overrides={"jobs": 1, "batch_size": 4})
+    before = {t for t in threading.enumerate() if t.name.startswith("chain-back")}
+    run = ScanRun.start(opened, request, models=stub)
+    real, recorded = opened.history.record, []
+
+    def record(run_id, batch):
+        if recorded:
+            raise StoreError(f"cannot write to {db}: database or disk is full")
+        recorded.append(len(batch))
+        return real(run_id, batch)
+
+    monkeypatch.setattr(opened.history, "record", record)
+    with pytest.raises(StoreError) as failure:
+        with run:
+            for _ in run.results():
+                pass
+    assert failure.value.__traceback__ is not None and recorded == [4]
+    alive = {t for t in threading.enumerate() if t.name.startswith("chain-back")} - before
+    assert not alive
+    assert opened.history.run(run.id).status == "interrupted"
 
 
 def test_reporting_shares_the_stages_and_changes_only_the_output(store, stub):

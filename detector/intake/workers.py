@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -80,7 +80,7 @@ def prepared_batches(
     catalog: bool = False,
     *,
     prepare: Prepare = prepare_bytes,
-) -> Iterator[list[Prepared]]:
+) -> Generator[list[Prepared], None, None]:
     """:func:`detector.intake.prepare.prepare_batch` over ``paths`` (paths or
     :class:`~detector.intake.inputs.Input`) in batches of
     ``settings.batch_size``, in order, decoded in :func:`worker_count` processes.

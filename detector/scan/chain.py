@@ -22,7 +22,8 @@ server's checks and the Ray workers all run this chain.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -66,12 +67,13 @@ class Chain:
         started = self._front(batch)
         return self._results(started, self._back(started))
 
-    def run_all(self, batches: Iterable[Sequence[Prepared]]) -> Iterator[list[ScanResult]]:
+    def run_all(self, batches: Iterable[Sequence[Prepared]]) -> Generator[list[ScanResult], None, None]:
         """:meth:`run` over consecutive batches, one list per batch, in order. While stage 3
         and the scoring of one batch run in a thread of their own, stages 1 and 2 of the next
         run here (OpenCV there, the CNN here: two CPUs at work where one was), and the caller
         handles the batch before; a batch a stage fails on is run a query at a time, here."""
         pool = ThreadPoolExecutor(1, thread_name_prefix="chain-back")
+        owner = threading.get_ident()
         ahead: tuple[_Started, Future[bool]] | None = None
         try:
             for batch in batches:
@@ -83,7 +85,10 @@ class Chain:
             if ahead is not None:
                 yield self._results(ahead[0], ahead[1].result())
         finally:  # a batch still in the thread is dropped: its caller never had it
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Waited for only here in the caller's thread. A generator its caller dropped
+            # unclosed is closed by the garbage collector in whichever thread collects it;
+            # in a stage-3 thread the batch in flight waits for, waiting would never end.
+            pool.shutdown(wait=threading.get_ident() == owner, cancel_futures=True)
 
     def _front(self, batch: Sequence[Prepared]) -> _Started:
         """A batch's cases (its usable queries' insets beside them) through stages 1 and 2."""

@@ -4,7 +4,8 @@ it directly; a recorded run (:mod:`detector.runs`) drives it batch by batch."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import replace
 
 from detector.config import FAST, MODES, Settings
@@ -74,7 +75,9 @@ class Scanner:
         """The chain on a batch of prepared queries: one result each, in order."""
         return self.chain.run(batch)
 
-    def scan_batches(self, batches: Iterable[Sequence[Prepared]], images: int) -> Iterator[list[ScanResult]]:
+    def scan_batches(
+        self, batches: Iterable[Sequence[Prepared]], images: int
+    ) -> Generator[list[ScanResult], None, None]:
         """The chain on consecutive batches of :func:`prepared_batches` over ``images`` images,
         one result list per batch, in order; the next batch's first stages run while the last
         stages of the one before finish, and the CNN takes the CPUs the intake workers leave."""
@@ -83,8 +86,10 @@ class Scanner:
 
     def scan(self, paths: Sequence[str]) -> Iterator[ScanResult]:
         """One result per path, in order (nothing is recorded: see :mod:`detector.runs`)."""
-        for results in self.scan_batches(prepared_batches(paths, self.settings), len(paths)):
-            yield from results
+        batches = prepared_batches(paths, self.settings)
+        with closing(batches), closing(self.scan_batches(batches, len(paths))) as scanned:
+            for results in scanned:
+                yield from results
 
     def reporting(self, top_k: int | None = None, min_score: float | None = None) -> Scanner:
         """This scanner, its catalog and caches shared, reporting at most ``top_k`` matches of
