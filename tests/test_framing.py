@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 
-from detector.intake.framing import Box, content_box
+from detector.intake.framing import Box, content_box, content_shapes
 from detector.stage1.hashing import hamming, image_codes
 
 from .conftest import textured
@@ -73,3 +73,39 @@ def test_tiny_or_flat_content_is_not_trusted():
     canvas = np.full((300, 300, 3), 255, np.uint8)
     canvas[140:160, 140:160] = textured(1, (20, 20))  # under the minimum share of the image
     assert content_box(canvas) is None
+
+
+def _turned(pic: np.ndarray, degrees: float, fill: tuple[int, int, int]) -> np.ndarray:
+    """``pic`` turned about its centre, the canvas grown to hold it and its corners filled."""
+    h, w = pic.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    cos, sin = abs(turn[0, 0]), abs(turn[0, 1])
+    size = (int(h * sin + w * cos), int(h * cos + w * sin))
+    turn[0, 2] += size[0] / 2 - w / 2
+    turn[1, 2] += size[1] / 2 - h / 2
+    return cv2.warpAffine(pic, turn, size, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
+
+@pytest.mark.parametrize("name", sorted(PICTURES))
+@pytest.mark.parametrize(("degrees", "fill"), [(9, (255, 255, 255)), (-6, (0, 0, 0)), (14, (160, 30, 90))])
+def test_a_picture_turned_on_flat_corners_is_set_upright(name, degrees, fill):
+    """A copy turned a few degrees, its corners filled: no box cuts it (the picture reaches
+    every edge), and its pHash is far from the original's; the tilt set upright is near."""
+    pic = PICTURES[name]
+    turned = _turned(pic, degrees, fill)
+    box, tilt = content_shapes(turned)
+    assert box is None and tilt is not None
+    upright = tilt.cut(turned)
+    assert abs(upright.shape[1] / upright.shape[0] - pic.shape[1] / pic.shape[0]) < 0.05
+    assert hamming(image_codes(upright).phash, image_codes(pic).phash) <= 8
+    assert hamming(image_codes(turned).phash, image_codes(pic).phash) > 12  # why it pays
+
+
+@pytest.mark.parametrize("name", sorted(PICTURES))
+def test_an_upright_or_diamond_shaped_picture_has_no_tilt(name):
+    pic = PICTURES[name]
+    framed = cv2.copyMakeBorder(pic, 40, 70, 25, 10, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    assert content_shapes(framed)[1] is None and content_shapes(pic) == (None, None)
+    square = cv2.resize(pic, (300, 300))
+    assert content_shapes(_turned(square, 45, (255, 255, 255)))[1] is None  # a shape of its own
+    assert content_shapes(_turned(pic, 9, (255, 255, 255)), tilted=False) == (None, None)

@@ -94,6 +94,24 @@ def test_stage_1_finds_a_catalog_image_by_its_codes_and_nothing_for_a_stranger(s
     assert not copy.embedded and copy.cosines == {}  # stage 1 writes only its own part
 
 
+@pytest.mark.parametrize("name", ["coffee", "rocket", "chelsea"])
+def test_stage_1_finds_a_catalog_image_turned_a_few_degrees_on_flat_corners(store, tmp_path, name):
+    """A copy turned 9 degrees, its corners filled white: the whole image's codes are far from
+    the catalog's, the picture set upright is near them."""
+    pic = cv2.imread(str(FIXTURES / "catalog" / f"{name}.jpg"))
+    h, w = pic.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), 9, 1.0)
+    size = (int(h * abs(turn[0, 1]) + w * turn[0, 0]), int(h * turn[0, 0] + w * abs(turn[0, 1])))
+    turn[:, 2] += (size[0] / 2 - w / 2, size[1] / 2 - h / 2)
+    turned = tmp_path / f"{name}-turned.jpg"
+    cv2.imwrite(str(turned), cv2.warpAffine(pic, turn, size, borderValue=(255, 255, 255)))
+    copy = _case(turned)
+    CandidateStage(LoadedCatalog.from_store(store, FAST).index, SETTINGS).fill([copy])
+    found = {c.catalog_id: c for c in copy.candidates}
+    assert _ids(store)[name] in found
+    assert found[_ids(store)[name]].transform.trimmed and found[_ids(store)[name]].within_radius
+
+
 def test_stage_2_fast_embeds_only_queries_with_candidates(store, stub, tmp_path):
     stranger = tmp_path / "stranger.png"
     cv2.imwrite(str(stranger), textured(6, (200, 150)))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from detector.config import Settings
 from detector.errors import ImageError
-from detector.intake.framing import Box, content_box
+from detector.intake.framing import Box, Tilt, content_box, content_shapes
 from detector.intake.inputs import FILE, Input, InputReader, as_input
 from detector.intake.insets import FINE_SIDE, SAME, WORK_SIDE, find_insets, overlap, ruled
 from detector.intake.insets import MIN_SIDE as INSET_MIN_SIDE
@@ -166,8 +166,9 @@ def prepare_bytes(path: str, data: bytes, sha: str, settings: Settings, catalog:
         return Prepared(path=path, sha256=sha, error=_describe(e))
     rgb = image.rgb
     turns = tuple(DIHEDRAL) if settings.dihedral else ("identity",)
-    box = content_box(rgb) if settings.trim else None
-    prepared = _prepare_rgb(path, sha, rgb, box, settings, turns, catalog)
+    # A query's picture turned or skewed on flat margins is also searched set upright.
+    box, tilt = content_shapes(rgb, tilted=not catalog) if settings.trim else (None, None)
+    prepared = _prepare_rgb(path, sha, rgb, box, settings, turns, catalog, tilt=tilt)
     whole = (image.width, image.height) == (rgb.shape[1], rgb.shape[0])
     insets = () if catalog else _insets(path, None if whole else data, sha, rgb, image.width, box, settings)
     return replace(prepared, width=image.width, height=image.height, insets=insets)
@@ -182,12 +183,16 @@ def _prepare_rgb(
     turns: tuple[str, ...],
     catalog: bool = False,
     inset: bool = False,
+    tilt: Tilt | None = None,
 ) -> Prepared:
-    """Codes, probes (in ``turns``, of the image and of its content ``box``), CNN input and
-    stage-3 grey of a decoded image; ``inset``: it is a picture inside a query."""
+    """Codes, probes (in ``turns``, of the image, of its content ``box`` and of its ``tilt``
+    set upright), CNN input and stage-3 grey of a decoded image; ``inset``: it is a picture
+    inside a query."""
     grey = verify_grey(rgb, settings) if settings.verify else None
     probes = dihedral_probes(_grey(rgb), turns)
     codes = Codes(probes[0].phash, probes[0].dhash or 0)
+    if tilt is not None:  # searched as a content box is: trimmed
+        probes += dihedral_probes(_grey(tilt.cut(rgb)), turns, trimmed=True)
     box_codes = None
     if box is not None:
         rgb = box.cut(rgb)
