@@ -109,17 +109,3 @@ def test_an_upright_or_diamond_shaped_picture_has_no_tilt(name):
     square = cv2.resize(pic, (300, 300))
     assert content_shapes(_turned(square, 45, (255, 255, 255)))[1] is None  # a shape of its own
     assert content_shapes(_turned(pic, 9, (255, 255, 255)), tilted=False) == (None, None)
-
-
-def test_a_turned_picture_inside_a_border_of_another_colour_is_set_upright():
-    """A copy turned on grey corners, then framed in white: the box cuts the white border, the
-    tilt is found inside it (its grey corners are no edge colour of the whole image)."""
-    pic = PICTURES["chelsea"]
-    framed = cv2.copyMakeBorder(
-        _turned(pic, -8, (128, 128, 128)), 30, 30, 50, 20, cv2.BORDER_CONSTANT, value=(255, 255, 255)
-    )
-    box, tilt = content_shapes(framed)
-    assert box is not None and tilt is not None
-    assert all(x >= box.left - 1 and y >= box.top - 1 for x, y in tilt.corners)
-    assert hamming(image_codes(tilt.cut(framed)).phash, image_codes(pic).phash) <= 8
-    assert hamming(image_codes(box.cut(framed)).phash, image_codes(pic).phash) > 12

@@ -89,18 +89,7 @@ def content_shapes(rgb: np.ndarray, tilted: bool = True) -> tuple[Box | None, Ti
     """:func:`content_box`, and with ``tilted`` a :class:`Tilt` where the largest region
     inside the flat margins is a four-sided shape turned or skewed at least
     :data:`_MIN_TILT` degrees (a copy turned and its corners filled: its upright cut is
-    searched beside the box), or is inside the box (a border added around such a copy: the
-    corners' fill is not the border's colour)."""
-    box, tilt = _shapes(rgb, tilted)
-    if box is None or tilt is not None or not tilted:
-        return box, tilt
-    _, inner = _shapes(box.cut(rgb), True)
-    if inner is None:
-        return box, None
-    return box, Tilt(tuple((x + box.left, y + box.top) for x, y in inner.corners))
-
-
-def _shapes(rgb: np.ndarray, tilted: bool) -> tuple[Box | None, Tilt | None]:
+    searched beside the box)."""
     h, w = rgb.shape[:2]
     scale = min(1.0, _WORK_SIDE / max(h, w))
     small = rgb
