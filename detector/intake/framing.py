@@ -6,6 +6,10 @@ a browser or phone frame. Those additions are drawn in a few solid colours that 
 edge of the image. The content box is the bounding box of the largest region that is not one
 of those colours. Query and catalog images get the same treatment, so an image that has flat
 margins of its own is cut the same way on both sides.
+
+A copy turned a few degrees with its corners filled reaches every edge: no box cuts it. Where
+that largest region is a leaning four-sided shape, :func:`content_shapes` also gives it as a
+:class:`Tilt`, which a query's probes search set upright (catalog images keep their box).
 """
 
 from __future__ import annotations
