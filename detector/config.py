@@ -280,6 +280,16 @@ class Settings:
         "unconfirmed_cap: whatever its inliers, it is a look-alike",
         ranged=(0, 1),
     )
+    outranked_agreement: float = _setting(
+        0.03,
+        "a match scores at most unconfirmed_cap where a better-scoring one that stage 3 aligned "
+        "covers the same part of the query (their query regions' bounding boxes overlap by half "
+        "their union) and agrees on at least this much more of its overlap: a part of a query "
+        "copies one catalog picture, and the others of its template it resembles (a deck's other "
+        "cards, a set's other tiles) are look-alikes; catalog duplicates agree alike and both stay "
+        "(above 1: never)",
+        ranged=(0, 2),
+    )
     region_points: int = _setting(16, "stage 3: most corners of a matched-region polygon", ranged=(3, 1000))
     blur_factors: tuple[int, ...] = _setting(
         (2, 3),

@@ -3,11 +3,12 @@ verdict, once per candidate, at the end of the chain."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from detector.config import Settings
-from detector.records import COPY, NEAR_DUPLICATE, NONE, Match
+from detector.records import COPY, NEAR_DUPLICATE, NONE, Match, Region
 from detector.stage1.hashing import Transform
 from detector.stage1.index import Candidate
 from detector.stage2.descriptors import similarity
@@ -164,8 +165,57 @@ class ScoringStage:
                 continue
             evidence = None if case.evidence is None else case.evidence.get(c.catalog_id, Evidence(0))
             rival = None if case.rivals is None else case.rivals.get(c.catalog_id)
-            m = judge(c, cosine, case.entries[c.catalog_id], s, evidence, rival)
-            if m.score >= s.reported_min_score:
-                found.append(m)
-        found.sort(key=lambda m: (-m.score, m.catalog_id))
-        return tuple(found[: s.top_k])
+            found.append(judge(c, cosine, case.entries[c.catalog_id], s, evidence, rival))
+        kept = [m for m in outranked(found, s) if m.score >= s.reported_min_score]
+        kept.sort(key=lambda m: (-m.score, m.catalog_id))
+        return tuple(kept[: s.top_k])
+
+
+def outranked(matches: Sequence[Match], settings: Settings) -> list[Match]:
+    """A query's matches, each scoring at most ``unconfirmed_cap`` (verdict retaken) where a
+    better-scoring match that stage 3 aligned shows the same part of the query (their query
+    regions' bounding boxes overlap by at least half their union) and agrees on at least
+    ``outranked_agreement`` more of its overlap. A copy of one card of a deck aligns with the
+    deck's other cards on their shared frame and pips, and agrees with them everywhere but
+    the card's own face: that part of the query copies the one it agrees with best. Matches in
+    other parts of the query (a collage's other cells) and catalog duplicates (which agree
+    alike) keep their scores; a match already outranked outranks nothing."""
+    order = sorted(range(len(matches)), key=lambda i: -matches[i].score)
+    out = list(matches)
+    standing: list[Match] = []
+    for i in order:
+        m = matches[i]
+        if any(_outranks(b, m, settings) for b in standing):
+            if m.score > settings.unconfirmed_cap:
+                shown = round(settings.unconfirmed_cap, 4)
+                out[i] = dataclasses.replace(m, score=shown, verdict=verdict(shown, settings))
+        else:
+            standing.append(m)
+    return out
+
+
+def _outranks(better: Match, m: Match, settings: Settings) -> bool:
+    if better.score <= m.score or better.agreement is None or m.agreement is None:
+        return False
+    if better.agreement - m.agreement < settings.outranked_agreement:
+        return False
+    return _box_overlap(better.query_region, m.query_region) >= _SAME_PART
+
+
+_SAME_PART = 0.5  # query regions' bounding boxes overlapping by this share of their union
+
+
+def _box_overlap(a: Region | None, b: Region | None) -> float:
+    """Intersection over union of two regions' bounding boxes (0 where either is missing)."""
+    if not a or not b:
+        return 0.0
+    (ax0, ay0), (ax1, ay1) = _box(a)
+    (bx0, by0), (bx1, by1) = _box(b)
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _box(region: Region) -> tuple[tuple[float, float], tuple[float, float]]:
+    xs, ys = [p[0] for p in region], [p[1] for p in region]
+    return (min(xs), min(ys)), (max(xs), max(ys))

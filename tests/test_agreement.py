@@ -178,6 +178,42 @@ def test_look_alikes_are_not_flagged_and_their_copies_are(tmp_path, models):
             )
 
 
+def tile(k: int) -> np.ndarray:
+    """A tile of one set: the set's wooden plate, a small glyph of its own (a twentieth of it)."""
+    img = _texture("brick", 360, 440).copy()
+    img[170:250, 140:220] = _fit(PHOTOS[k](), 80, 80)
+    return img
+
+
+def test_a_copy_of_one_tile_is_not_a_copy_of_the_others_of_its_set(tmp_path, models):
+    """End to end: the catalog holds three tiles of a set and a re-encoded duplicate of the
+    first. A copy of the first aligns with the other two on their plate and agrees with them
+    on all but the glyph (0.95 of the overlap): it copies the tile it agrees with wholly, so
+    the others score at most unconfirmed_cap (0.55 to 0.67 before) while the duplicate, which
+    agrees alike, stays a copy."""
+    catalog, crawl = tmp_path / "catalog", tmp_path / "crawl"
+    catalog.mkdir()
+    crawl.mkdir()
+    for k in (0, 1, 2):
+        Image.fromarray(tile(k)).save(catalog / f"tile{k}.png")
+    Image.fromarray(tile(0)).save(catalog / "tile0-again.jpg", quality=95)
+    Image.fromarray(cv2.GaussianBlur(tile(0), (0, 0), 0.8)).save(crawl / "copy.jpg", quality=70)
+    db = str(tmp_path / "t.db")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--db", db, "-q", "catalog", "add", str(catalog)]).exit_code == 0
+    for mode in ("fast", "thorough"):
+        args = ["--db", db, "scan", str(crawl), "--format", "jsonl", "--mode", mode, "--min-score", "0"]
+        out = runner.invoke(cli, args)
+        assert out.exit_code == 0, out.output
+        (record,) = map(json.loads, out.stdout.splitlines())
+        got = {Path(m["catalog_path"]).stem: m for m in record["matches"]}
+        assert got["tile0"]["verdict"] == got["tile0-again"]["verdict"] == "copy", (mode, got)
+        assert {"tile1", "tile2"} & got.keys(), (mode, got)  # stage 3 aligned at least one
+        for other in ("tile1", "tile2"):
+            if other in got:  # aligned on the plate, agreeing but for the glyph
+                assert got[other]["score"] <= S.unconfirmed_cap, (mode, got[other])
+
+
 def test_the_new_figures_travel_through_every_output(tmp_path):
     from detector.stage1.hashing import HASHER_ID
     from detector.stage2.embedding import embedder_id

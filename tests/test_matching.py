@@ -193,3 +193,54 @@ def test_a_pair_too_smooth_to_judge_must_stand_out_from_its_rivals(settings):
         scored(0.75, {1: Evidence(40)}, {1: 0.7}),  # stage 3 judged it
     ]
     assert all(m.score > 1.5 * settings.unconfirmed_cap for m in kept), kept  # not capped
+
+
+def _judged(cid: int, score: float, agreement: float | None, region, settings) -> Match:
+    return Match(
+        cid,
+        f"/c/{cid}.jpg",
+        None,
+        2,
+        0.9,
+        score,
+        verdict(score, settings),
+        "identity",
+        None if agreement is None else 200,
+        region,
+        region,
+        agreement,
+        1.0,
+        1.0,
+    )
+
+
+def test_a_part_of_the_query_copies_the_catalog_picture_it_agrees_with_best(settings):
+    """A look-alike of a deck (aligned on the shared frame, agreeing everywhere but the face)
+    scores at most unconfirmed_cap where a better match agrees clearly more over the same part
+    of the query; a catalog duplicate (agreeing alike), a match elsewhere in the query (a
+    collage's other cell), one stage 3 did not align and one already outranked keep theirs."""
+    from detector.scoring import outranked
+
+    whole = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+    most = ((0.05, 0.0), (1.0, 0.05), (0.95, 1.0), (0.0, 0.9))
+    left = ((0.0, 0.0), (0.45, 0.0), (0.45, 1.0), (0.0, 1.0))
+    found = [
+        _judged(1, 0.96, 1.0, whole, settings),  # the original
+        _judged(2, 0.95, 0.99, most, settings),  # its duplicate in the catalog
+        _judged(3, 0.90, 0.94, most, settings),  # another card of the deck
+        _judged(4, 0.88, 0.90, left, settings),  # another picture, in the left cell
+        _judged(5, 0.86, None, None, settings),  # not aligned by stage 3
+    ]
+    got = {m.catalog_id: m for m in outranked(found, settings)}
+    assert got[3].score == settings.unconfirmed_cap and got[3].verdict == "none"
+    assert [got[i] for i in (1, 2, 4, 5)] == [found[0], found[1], found[3], found[4]]
+    assert outranked(found, settings.replace(outranked_agreement=2.0)) == found
+    # a match outranked itself does not outrank the next one down
+    chain = [
+        _judged(1, 0.96, 1.0, whole, settings),
+        _judged(2, 0.9, 0.95, whole, settings),
+        _judged(3, 0.85, 0.99, whole, settings),
+        _judged(4, 0.84, 0.9, whole, settings),
+    ]
+    got = outranked(chain, settings)
+    assert [m.score for m in got] == [0.96, settings.unconfirmed_cap, 0.85, settings.unconfirmed_cap]
