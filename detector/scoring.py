@@ -174,8 +174,8 @@ class ScoringStage:
 def outranked(matches: Sequence[Match], settings: Settings) -> list[Match]:
     """A query's matches, each scoring at most ``unconfirmed_cap`` (verdict retaken) where a
     better-scoring match that stage 3 aligned shows the same part of the query (their query
-    regions' bounding boxes overlap by at least half their union) and agrees on at least
-    ``outranked_agreement`` more of its overlap. A copy of one card of a deck aligns with the
+    regions' bounding boxes overlap by at least half their union), agrees on 98 % of its
+    overlap at least and on at least ``outranked_agreement`` more than it. A copy of one card of a deck aligns with the
     deck's other cards on their shared frame and pips, and agrees with them everywhere but
     the card's own face: that part of the query copies the one it agrees with best. Matches in
     other parts of the query (a collage's other cells) and catalog duplicates (which agree
@@ -197,12 +197,15 @@ def outranked(matches: Sequence[Match], settings: Settings) -> list[Match]:
 def _outranks(better: Match, m: Match, settings: Settings) -> bool:
     if better.score <= m.score or better.agreement is None or m.agreement is None:
         return False
+    if better.agreement < _WHOLE:  # agreement measured on a blurred copy varies by a few hundredths
+        return False
     if better.agreement - m.agreement < settings.outranked_agreement:
         return False
     return _box_overlap(better.query_region, m.query_region) >= _SAME_PART
 
 
 _SAME_PART = 0.5  # query regions' bounding boxes overlapping by this share of their union
+_WHOLE = 0.98  # the better match agrees on this share of its overlap at least: it shows it whole
 
 
 def _box_overlap(a: Region | None, b: Region | None) -> float:

@@ -103,7 +103,7 @@ def test_a_pair_only_the_embedding_found_needs_stage_3_to_be_a_copy(settings):
     near = Candidate(1, 20, 20, within_radius=True)
     for evidence in ({1: Evidence(None)}, {}, {1: Evidence(settings.inliers_floor)}):
         (capped,) = rerank([far], qv, vecs, entries, everything, evidence)
-        assert capped.score == settings.unconfirmed_cap and capped.verdict == "none"
+        assert capped.score <= settings.unconfirmed_cap and capped.verdict == "none"
     (kept,) = rerank([near], qv, vecs, entries, everything, {1: Evidence(None)})
     (confirmed,) = rerank([far], qv, vecs, entries, everything, {1: Evidence(80)})
     (no_stage_3,) = rerank([far], qv, vecs, entries, everything)
@@ -119,13 +119,15 @@ def test_a_picture_inside_the_query_counts_only_where_stage_3_shows_it_whole(set
 
     q = np.array([1, 0, 0, 0], np.float32)
     vecs, entries, qv = {1: q.copy()}, {1: _entry(1)}, {1: q}
-    everything = settings.replace(min_score=0.0)
+    # stage 3 weighing under half, so that a pair it does not confirm stays above the cap
+    # unless a rule caps it (at the default weight its score falls under the cap anyway)
+    everything = settings.replace(min_score=0.0, geo_weight=0.45)
     inset = Candidate(1, 0, 0, Transform(inset=True))
     whole = Candidate(1, 0, 0)
     part = Evidence(80, agreement=1.0, query_coverage=0.9, catalog_coverage=0.3)
     for evidence in (Evidence(None), Evidence(settings.inliers_floor), part):
         (capped,) = rerank([inset], qv, vecs, entries, everything, {1: evidence})
-        assert capped.score == settings.unconfirmed_cap and capped.verdict == "none", evidence
+        assert capped.score <= settings.unconfirmed_cap and capped.verdict == "none", evidence
         (as_query,) = rerank([whole], qv, vecs, entries, everything, {1: evidence})
         assert as_query.score > settings.unconfirmed_cap, evidence  # the rule is the inset's own
     shown = Evidence(80, agreement=1.0, query_coverage=0.9, catalog_coverage=0.8)
@@ -144,10 +146,11 @@ def test_a_pair_both_keypoint_checks_refute_is_not_a_copy(settings):
     line. One SIFT inlier, or SIFT not asked, leaves the score as it was."""
     q = np.array([1, 0, 0, 0], np.float32)
     vecs, entries, qv = {1: q.copy()}, {1: _entry(1)}, {1: q}
-    everything = settings.replace(min_score=0.0)
+    # as above: 0 ORB inliers alone leave the pair above the cap at this weight
+    everything = settings.replace(min_score=0.0, geo_weight=0.45)
     near = Candidate(1, 4, 4, within_radius=True)
     (refuted,) = rerank([near], qv, vecs, entries, everything, {1: Evidence(0, sift_inliers=0)})
-    assert refuted.score == settings.unconfirmed_cap and refuted.verdict == "none"
+    assert refuted.score <= settings.unconfirmed_cap and refuted.verdict == "none"
     for evidence in (Evidence(0, sift_inliers=1), Evidence(0), Evidence(None, sift_inliers=0)):
         (kept,) = rerank([near], qv, vecs, entries, everything, {1: evidence})
         assert kept.score > settings.unconfirmed_cap, evidence
@@ -235,6 +238,10 @@ def test_a_part_of_the_query_copies_the_catalog_picture_it_agrees_with_best(sett
     assert got[3].score == settings.unconfirmed_cap and got[3].verdict == "none"
     assert [got[i] for i in (1, 2, 4, 5)] == [found[0], found[1], found[3], found[4]]
     assert outranked(found, settings.replace(outranked_agreement=2.0)) == found
+    # a better match agreeing on less than 98 % (a blurred copy's agreement varies by a few
+    # hundredths from one catalogued version of a picture to another) outranks nothing
+    loose = [_judged(1, 0.96, 0.96, whole, settings), _judged(2, 0.9, 0.9, whole, settings)]
+    assert outranked(loose, settings) == loose
     # a match outranked itself does not outrank the next one down
     chain = [
         _judged(1, 0.96, 1.0, whole, settings),
