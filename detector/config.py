@@ -139,7 +139,7 @@ class Settings:
     inliers_full: int = _setting(
         30, "stage 3: RANSAC inliers at which a pair gains the full stage-3 score", ranged=(1, 100_000)
     )
-    geo_weight: float = _setting(0.45, "weight of stage 3 in the score when it ran", ranged=(0, 1))
+    geo_weight: float = _setting(0.7, "weight of stage 3 in the score when it ran", ranged=(0, 1))
     sift: bool = _setting(
         True,
         "thorough mode: where ORB leaves a pair short of inliers_full, stage 3 also counts SIFT "
@@ -284,7 +284,7 @@ class Settings:
         0.03,
         "a match scores at most unconfirmed_cap where a better-scoring one that stage 3 aligned "
         "covers the same part of the query (their query regions' bounding boxes overlap by half "
-        "their union) and agrees on at least this much more of its overlap: a part of a query "
+        "their union), agrees on 98 % of its overlap and on at least this much more than it: a part of a query "
         "copies one catalog picture, and the others of its template it resembles (a deck's other "
         "cards, a set's other tiles) are look-alikes; catalog duplicates agree alike and both stay "
         "(above 1: never)",
