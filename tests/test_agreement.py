@@ -139,6 +139,21 @@ def test_a_copy_under_an_overlay_noise_or_a_caption_still_agrees(attack):
     assert found.query_coverage > 0.7 and found.catalog_coverage > 0.95
 
 
+@pytest.mark.parametrize("shade", [25, 128, 235])
+@pytest.mark.parametrize("photo", [0, 2])
+def test_a_copy_in_a_border_agrees_up_to_its_edges(photo, shade):
+    """A picture framed in a border: the cells along its edge hold picture and border in the
+    query and picture and nothing in the aligned catalog image; judged on the footprint's own
+    pixels they agree (the demo's bordered Hubble field agreed 0.93 and fell under the copy
+    line)."""
+    original = _fit(PHOTOS[photo](), 400, 350)
+    framed = np.full((381, 432, 3), shade, np.uint8)
+    framed[17:367, 15:415] = original
+    found = _aligned(cv2.imdecode(cv2.imencode(".jpg", framed)[1], cv2.IMREAD_UNCHANGED), original)
+    assert found.agreement is not None and found.agreement >= 0.99, found.agreement
+    assert found.catalog_coverage > 0.99 and 0.8 < found.query_coverage < 0.9
+
+
 def test_look_alikes_are_not_flagged_and_their_copies_are(tmp_path, models):
     """End to end: the catalog holds one member of each family; the other members, re-encoded,
     get no copy or near-duplicate verdict in either mode, even where stage 3 finds their

@@ -81,6 +81,10 @@ def _compare(query: np.ndarray, catalog: np.ndarray, h: np.ndarray, settings: Se
         np.full((ch, cw), 255, np.uint8), h, (qw, qh), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
     )
     valid = inside > 0
+    # Outside the catalog image's footprint the query's own pixels stand in, so that smoothing
+    # across the footprint's edge blurs alike on both sides (a border, a page around the
+    # picture); the cells then weigh only the pixels inside it.
+    warped = np.where(valid, warped, query)
     query_coverage = float(valid.mean())
     catalog_coverage = _catalog_coverage(h, qw, qh, cw, ch)
     if query_coverage == 0.0:
@@ -192,10 +196,13 @@ def _cells(q: np.ndarray, c: np.ndarray, valid: np.ndarray, settings: Settings) 
 
     qs, cs, vs = grid(q), grid(c), grid(valid.astype(np.float32))
     inside = vs.mean(axis=2) >= _MIN_VALID
-    qm, cm = qs.mean(axis=2, keepdims=True), cs.mean(axis=2, keepdims=True)
-    qd, cd = qs - qm, cs - cm
-    qstd, cstd = np.sqrt((qd * qd).mean(axis=2)), np.sqrt((cd * cd).mean(axis=2))
-    ncc = (qd * cd).mean(axis=2) / np.maximum(qstd * cstd, 1e-6)
+    # each cell's statistics over its pixels inside the footprint only (an edge cell's outside
+    # is the query's own on both sides: it would count as agreeing)
+    n = np.maximum(vs.sum(axis=2), 1.0)
+    qm, cm = (qs * vs).sum(axis=2) / n, (cs * vs).sum(axis=2) / n
+    qd, cd = (qs - qm[..., None]) * vs, (cs - cm[..., None]) * vs
+    qstd, cstd = np.sqrt((qd * qd).sum(axis=2) / n), np.sqrt((cd * cd).sum(axis=2) / n)
+    ncc = (qd * cd).sum(axis=2) / n / np.maximum(qstd * cstd, 1e-6)
     # Texture is judged against the pair's own: a fine grain that smoothing leaves faint is
     # still texture where the whole picture is made of it.
     stronger = np.maximum(qstd, cstd)[inside]
