@@ -284,9 +284,10 @@ class Settings:
         0.03,
         "a match scores at most unconfirmed_cap where a better-scoring one that stage 3 aligned "
         "covers the same part of the query (their query regions' bounding boxes overlap by half "
-        "their union), agrees on 98 % of its overlap and on at least this much more than it: a part of a query "
-        "copies one catalog picture, and the others of its template it resembles (a deck's other "
-        "cards, a set's other tiles) are look-alikes; catalog duplicates agree alike and both stay "
+        "their union), agrees on 98 % of its overlap and on at least this much more than it: a "
+        "part of a query copies one catalog picture, and the others of its template it resembles "
+        "(a deck's other cards, a set's other tiles) are look-alikes; catalog duplicates agree "
+        "alike and both stay "
         "(above 1: never)",
         ranged=(0, 2),
     )

@@ -175,11 +175,13 @@ def outranked(matches: Sequence[Match], settings: Settings) -> list[Match]:
     """A query's matches, each scoring at most ``unconfirmed_cap`` (verdict retaken) where a
     better-scoring match that stage 3 aligned shows the same part of the query (their query
     regions' bounding boxes overlap by at least half their union), agrees on 98 % of its
-    overlap at least and on at least ``outranked_agreement`` more than it. A copy of one card of a deck aligns with the
-    deck's other cards on their shared frame and pips, and agrees with them everywhere but
-    the card's own face: that part of the query copies the one it agrees with best. Matches in
-    other parts of the query (a collage's other cells) and catalog duplicates (which agree
-    alike) keep their scores; a match already outranked outranks nothing."""
+    overlap at least and on at least ``outranked_agreement`` more than it. A copy of one card
+    of a deck aligns with the deck's other cards on their shared frame and pips, and agrees
+    with them everywhere but the card's own face: that part of the query copies the one it
+    agrees with best. Matches in other parts of the query (a collage's other cells) and
+    catalog duplicates (which agree alike, or where the better one does not agree whole: a
+    blurred copy's agreement varies by a few hundredths) keep their scores; a match already
+    outranked outranks nothing."""
     order = sorted(range(len(matches)), key=lambda i: -matches[i].score)
     out = list(matches)
     standing: list[Match] = []
