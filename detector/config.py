@@ -330,6 +330,13 @@ class Settings:
         "score at or above which the verdict is 'near-duplicate' (above 1: never)",
         ranged=(0, 2),
     )
+    dedupe_score: float = _setting(
+        0.80,
+        "dedupe: the score, from stages 1 and 2 alone, at or above which two members of one "
+        "collection are duplicates ('copy' from copy_threshold up, else 'near-duplicate'); no "
+        "stage 3 runs there, so the scan's near-duplicate line, set for three stages, does not apply",
+        ranged=(0, 2),
+    )
     # output
     top_k: int = _setting(5, "most matches reported per query image", ranged=(1, 1_000_000))
     min_score: float | None = _setting(

@@ -246,6 +246,11 @@ def test_dedupe_groups_copies_and_leaves_others_alone(tmp_path, catalog_dir, cra
         ["coffee-blur.jpg", "coffee.jpg"],
     ]
     assert "flat-grey.png" in out.stderr  # unhashable: reported, never grouped
+    # its own line (stages 1 and 2 score the blurred coffee 0.84), not the scan's verdict
+    strict = run("--set", "dedupe_score=0.9", "dedupe", str(folder), "--format", "jsonl", code=4)
+    assert [sorted(Path(p).name for p in g["paths"]) for g in _records(strict.stdout)] == [
+        ["chelsea-bright.jpg", "chelsea.jpg"]
+    ]
 
 
 def test_console_script_runs(tmp_path, catalog_dir):

@@ -13,8 +13,8 @@ import numpy as np
 from detector.config import Settings
 from detector.intake.prepare import Prepared
 from detector.intake.workers import prepared_batches
-from detector.records import NONE
-from detector.scoring import score, verdict
+from detector.records import COPY, NEAR_DUPLICATE
+from detector.scoring import score
 from detector.stage1.hashing import IDENTITY, Probe
 from detector.stage1.index import HammingIndex
 from detector.stage2.embedding import Models
@@ -99,9 +99,9 @@ def find_duplicates(
         ham = min((ci.phash ^ cj.phash).bit_count(), (ci.dhash ^ cj.dhash).bit_count())
         cos = float(np.dot(vecs[i], vecs[j]))
         s = round(score(ham, cos, settings), 4)
-        v = verdict(s, settings)
-        if v == NONE:
+        if s < settings.dedupe_score:
             continue
+        v = COPY if s >= settings.copy_threshold else NEAR_DUPLICATE
         kept.append((i, j, DuplicatePair(good[i].path, good[j].path, ham, round(cos, 4), s, v)))
         parent[find(i)] = find(j)
     members: dict[int, list[int]] = {}
