@@ -323,10 +323,10 @@ class Settings:
         ranged=(-1, 2),
     )
     copy_threshold: float = _setting(
-        0.85, "score at or above which the verdict is 'copy' (above 1: never)", ranged=(0, 2)
+        0.87, "score at or above which the verdict is 'copy' (above 1: never)", ranged=(0, 2)
     )
     near_duplicate_threshold: float = _setting(
-        0.80,
+        0.85,
         "score at or above which the verdict is 'near-duplicate' (above 1: never)",
         ranged=(0, 2),
     )
