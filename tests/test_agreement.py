@@ -154,6 +154,19 @@ def test_a_copy_in_a_border_agrees_up_to_its_edges(photo, shade):
     assert found.catalog_coverage > 0.99 and 0.8 < found.query_coverage < 0.9
 
 
+def _scans(tmp_path: Path, catalog: Path, crawl: Path):
+    """``catalog add`` of a folder into a fresh database, then the crawl scanned in each mode
+    (JSON Lines, every match listed): yields the mode and the records."""
+    db = str(tmp_path / "a.db")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--db", db, "-q", "catalog", "add", str(catalog)]).exit_code == 0
+    for mode in ("fast", "thorough"):
+        args = ["--db", db, "scan", str(crawl), "--format", "jsonl", "--mode", mode, "--min-score", "0"]
+        out = runner.invoke(cli, args)
+        assert out.exit_code == 0, out.output
+        yield mode, [json.loads(line) for line in out.stdout.splitlines()]
+
+
 def test_look_alikes_are_not_flagged_and_their_copies_are(tmp_path, models):
     """End to end: the catalog holds one member of each family; the other members, re-encoded,
     get no copy or near-duplicate verdict in either mode, even where stage 3 finds their
@@ -167,14 +180,8 @@ def test_look_alikes_are_not_flagged_and_their_copies_are(tmp_path, models):
         Image.fromarray(make(3)).save(crawl / f"alike-{family}.jpg", quality=85)
         Image.fromarray(cv2.GaussianBlur(make(2), (0, 0), 0.8)).save(crawl / f"copy-{family}.jpg", quality=60)
         Image.fromarray(_overlay(make(2))).save(crawl / f"overlay-{family}.jpg", quality=85)
-    db = str(tmp_path / "a.db")
-    runner = CliRunner()
-    assert runner.invoke(cli, ["--db", db, "-q", "catalog", "add", str(catalog)]).exit_code == 0
-    for mode in ("fast", "thorough"):
-        args = ["--db", db, "scan", str(crawl), "--format", "jsonl", "--mode", mode, "--min-score", "0"]
-        out = runner.invoke(cli, args)
-        assert out.exit_code == 0, out.output
-        got = {Path(r["query"]).stem: r["matches"] for r in map(json.loads, out.stdout.splitlines())}
+    for mode, records in _scans(tmp_path, catalog, crawl):
+        got = {Path(r["query"]).stem: r["matches"] for r in records}
         alike = max((m["score"] for k, ms in got.items() if k.startswith("alike") for m in ms), default=0.0)
         for family in FAMILIES:
             assert all(m["verdict"] == "none" for m in got[f"alike-{family}"]), (mode, family)
@@ -213,14 +220,7 @@ def test_a_copy_of_one_tile_is_not_a_copy_of_the_others_of_its_set(tmp_path, mod
         Image.fromarray(tile(k)).save(catalog / f"tile{k}.png")
     Image.fromarray(tile(0)).save(catalog / "tile0-again.jpg", quality=95)
     Image.fromarray(cv2.GaussianBlur(tile(0), (0, 0), 0.8)).save(crawl / "copy.jpg", quality=70)
-    db = str(tmp_path / "t.db")
-    runner = CliRunner()
-    assert runner.invoke(cli, ["--db", db, "-q", "catalog", "add", str(catalog)]).exit_code == 0
-    for mode in ("fast", "thorough"):
-        args = ["--db", db, "scan", str(crawl), "--format", "jsonl", "--mode", mode, "--min-score", "0"]
-        out = runner.invoke(cli, args)
-        assert out.exit_code == 0, out.output
-        (record,) = map(json.loads, out.stdout.splitlines())
+    for mode, (record,) in _scans(tmp_path, catalog, crawl):
         got = {Path(m["catalog_path"]).stem: m for m in record["matches"]}
         assert got["tile0"]["verdict"] == got["tile0-again"]["verdict"] == "copy", (mode, got)
         assert {"tile1", "tile2"} & got.keys(), (mode, got)  # stage 3 aligned at least one

@@ -6,6 +6,9 @@ set their plate. So once a map is fitted, the catalog image is brought onto the 
 (a homography refitted on the inliers where there are enough, else the affine map) and the two
 are compared region by region, on a grid of ``agree_cell``-pixel cells at stage 3's scale:
 
+- outside the catalog image's footprint the query's own pixels stand in for it, and each
+  cell is judged on its pixels inside the footprint only, so a picture's edge against a
+  border or a page is not disagreement;
 - both images are smoothed first (a 3x3 median, then ``agree_sigma``), and the sharper one
   further until their fine detail matches, so blur, JPEG and noise do not count as
   disagreement;
